@@ -1,0 +1,928 @@
+//! The query lifecycle on the coordinator: parse, classify, plan, and run.
+//!
+//! [`Engine`] is shared by every connection: the catalog, the data-root policy, the
+//! executor registry. [`Session`] is one connection's state: a DataFusion context
+//! whose planner distributes every table scan over the live executors, and the
+//! Postgres settings a client can `SET` and `SHOW`.
+//!
+//! Statements that need no table data (`SET`, `SHOW`, transaction control, catalog
+//! queries, `SELECT 1`) are answered here alone, so they keep working while no
+//! executor is alive; a statement that reads a table and finds no executor fails at
+//! once with [`QueryError::NoExecutors`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::ScalarValue;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{displayable, execute_stream, ExecutionPlan};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement as SqlStatement, Value,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use sql::catalog::{CatalogEntry, PersistentCatalog};
+use sql::config::{FlotillaConfig, TableConfig};
+use sql::policy::DataRoots;
+use sql::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA, SYSTEM_SCHEMA};
+
+use crate::error::{QueryError, Result};
+use crate::registry::ExecutorRegistry;
+use crate::system::ExecutorsTable;
+
+/// Shared state of the coordinator's query service.
+pub struct Engine {
+    config: FlotillaConfig,
+    catalog_list: Arc<dyn CatalogProviderList>,
+    persistent: PersistentCatalog,
+    roots: DataRoots,
+    registry: ExecutorRegistry,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the catalog and registers every table: configured ones, `trusted`
+    /// ones (generated data, exempt from the data-root policy), then persisted ones.
+    pub async fn start(
+        config: FlotillaConfig,
+        registry: ExecutorRegistry,
+        trusted: Vec<TableConfig>,
+    ) -> Result<Arc<Self>> {
+        let roots = DataRoots::new(&config.effective_data_roots())?;
+        let persistent = PersistentCatalog::open(&config.coordinator.data_dir)?;
+        let object_stores = Arc::new(sql::object_stores::LazyObjectStoreRegistry::new(
+            config.object_store.clone(),
+        ));
+        let runtime = sql::session::runtime_env(object_stores, None)?;
+        let bootstrap = SessionContext::new_with_state(
+            SessionStateBuilder::new()
+                .with_config(sql::session::session_config(&config))
+                .with_runtime_env(Arc::clone(&runtime))
+                .with_default_features()
+                .build(),
+        );
+        let catalog_list = bootstrap.state().catalog_list().clone();
+        let catalog =
+            catalog_list
+                .catalog(DEFAULT_CATALOG)
+                .ok_or_else(|| QueryError::Internal {
+                    message: "default catalog missing".into(),
+                })?;
+        let system = Arc::new(MemorySchemaProvider::new());
+        system.register_table(
+            "executors".into(),
+            Arc::new(ExecutorsTable::new(registry.clone())),
+        )?;
+        catalog.register_schema(SYSTEM_SCHEMA, system)?;
+
+        let engine = Arc::new(Self {
+            config,
+            catalog_list,
+            persistent,
+            roots,
+            registry,
+            runtime,
+        });
+
+        for table in trusted {
+            let sql = create_sql(&table, &table.location);
+            bootstrap.sql(&sql).await?;
+        }
+        for table in engine.config.tables.clone() {
+            let location = engine.roots.check(&table.location)?;
+            let sql = create_sql(&table, &location);
+            bootstrap.sql(&sql).await?;
+        }
+        for entry in engine.persistent.entries() {
+            if bootstrap.table_exist(entry.name.as_str())? {
+                tracing::warn!(
+                    table = entry.name,
+                    "persisted table shadowed by a configured one; skipped"
+                );
+                continue;
+            }
+            // A table whose files are gone must not stop the service: it stays in
+            // the catalog file and loads again once its data is back.
+            if let Err(error) = bootstrap.sql(&entry.create_sql).await {
+                tracing::warn!(table = entry.name, %error, "persisted table failed to load");
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn registry(&self) -> &ExecutorRegistry {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &FlotillaConfig {
+        &self.config
+    }
+
+    /// A new session for one connection.
+    pub fn session(self: &Arc<Self>) -> Result<Session> {
+        let mut config = sql::session::session_config(&self.config);
+        config = config.with_create_default_catalog_and_schema(false);
+        let builder = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&self.runtime))
+            .with_default_features()
+            .with_catalog_list(Arc::clone(&self.catalog_list));
+        let builder = flight::exchange::with_distributed_planning(
+            builder,
+            self.registry.live(),
+            &self.config.query,
+        )?;
+        Ok(Session {
+            engine: Arc::clone(self),
+            ctx: SessionContext::new_with_state(builder.build()),
+            settings: Mutex::new(Settings::default()),
+        })
+    }
+}
+
+fn create_sql(table: &TableConfig, location: &str) -> String {
+    let mut sql = format!(
+        "CREATE EXTERNAL TABLE \"{}\" STORED AS {} LOCATION '{}'",
+        table.name,
+        table.format.sql_keyword(),
+        location.replace('\'', "''")
+    );
+    if !table.options.is_empty() {
+        let options: Vec<String> = table
+            .options
+            .iter()
+            .map(|(k, v)| format!("'{}' '{}'", k.replace('\'', "''"), v.replace('\'', "''")))
+            .collect();
+        sql.push_str(&format!(" OPTIONS ({})", options.join(", ")));
+    }
+    sql
+}
+
+/// What a statement did to the transaction state a client tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    Begin,
+    End,
+    /// `DEALLOCATE name` (`None`: `ALL`): the protocol layer drops the statements.
+    Deallocate(Option<String>),
+}
+
+/// The outcome of one statement.
+pub enum Output {
+    /// A result set.
+    Rows(SendableRecordBatchStream),
+    /// A command with its tag (`SET`, `CREATE TABLE`, ...).
+    Command {
+        tag: String,
+        rows: Option<usize>,
+        effect: Effect,
+    },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(_) => f.write_str("Output::Rows"),
+            Output::Command { tag, .. } => write!(f, "Output::Command({tag})"),
+        }
+    }
+}
+
+fn command(tag: &str) -> Output {
+    Output::Command {
+        tag: tag.to_string(),
+        rows: None,
+        effect: Effect::None,
+    }
+}
+
+/// A statement parsed (and, for queries, planned) once and executed many times.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: DFStatement,
+    /// Result columns; `None` for statements that return no rows.
+    pub schema: Option<SchemaRef>,
+    /// Parameter types, `$1` first; `None` where neither client nor plan says.
+    pub param_types: Vec<Option<DataType>>,
+}
+
+/// Postgres settings of one session.
+#[derive(Debug, Default)]
+struct Settings {
+    values: BTreeMap<String, String>,
+}
+
+/// Settings every session has: canonical lower-case key, display name, default.
+const SETTINGS: &[(&str, &str, &str)] = &[
+    ("application_name", "application_name", ""),
+    ("bytea_output", "bytea_output", "hex"),
+    ("client_encoding", "client_encoding", "UTF8"),
+    ("client_min_messages", "client_min_messages", "notice"),
+    ("datestyle", "DateStyle", "ISO, MDY"),
+    (
+        "default_transaction_isolation",
+        "default_transaction_isolation",
+        "read committed",
+    ),
+    (
+        "default_transaction_read_only",
+        "default_transaction_read_only",
+        "off",
+    ),
+    ("extra_float_digits", "extra_float_digits", "1"),
+    (
+        "idle_in_transaction_session_timeout",
+        "idle_in_transaction_session_timeout",
+        "0",
+    ),
+    ("integer_datetimes", "integer_datetimes", "on"),
+    ("intervalstyle", "IntervalStyle", "postgres"),
+    ("is_superuser", "is_superuser", "on"),
+    ("lc_collate", "lc_collate", "C"),
+    ("lc_ctype", "lc_ctype", "C"),
+    ("lc_messages", "lc_messages", "C"),
+    ("lc_monetary", "lc_monetary", "C"),
+    ("lc_numeric", "lc_numeric", "C"),
+    ("lc_time", "lc_time", "C"),
+    ("lock_timeout", "lock_timeout", "0"),
+    ("max_identifier_length", "max_identifier_length", "63"),
+    ("search_path", "search_path", "\"$user\", public"),
+    ("server_encoding", "server_encoding", "UTF8"),
+    ("server_version", "server_version", "16.6"),
+    ("server_version_num", "server_version_num", "160006"),
+    (
+        "standard_conforming_strings",
+        "standard_conforming_strings",
+        "on",
+    ),
+    ("statement_timeout", "statement_timeout", "0"),
+    ("timezone", "TimeZone", "Etc/UTC"),
+    (
+        "transaction_isolation",
+        "transaction_isolation",
+        "read committed",
+    ),
+    ("transaction_read_only", "transaction_read_only", "off"),
+];
+
+/// Settings a client may not change (the server reports them).
+const READ_ONLY_SETTINGS: &[&str] = &[
+    "integer_datetimes",
+    "is_superuser",
+    "lc_collate",
+    "lc_ctype",
+    "max_identifier_length",
+    "server_encoding",
+    "server_version",
+    "server_version_num",
+];
+
+fn canonical_setting(name: &str) -> String {
+    let lower = name.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "time zone" | "time_zone" => "timezone".into(),
+        "transaction isolation level" => "transaction_isolation".into(),
+        "session authorization" => "session_authorization".into(),
+        _ => lower.replace(' ', "_"),
+    }
+}
+
+fn setting_spec(key: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
+    SETTINGS.iter().find(|(k, _, _)| *k == key)
+}
+
+/// Whether a dotted name belongs to DataFusion's (or the exchange layer's) options.
+fn is_engine_option(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("datafusion.") || lower.starts_with("distributed.")
+}
+
+/// One connection's query state.
+pub struct Session {
+    engine: Arc<Engine>,
+    ctx: SessionContext,
+    settings: Mutex<Settings>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+fn parse(sql: &str) -> Result<Vec<DFStatement>> {
+    if sql.contains('\u{FFFD}') {
+        // The wire layer replaces bytes that are not UTF-8 with U+FFFD.
+        return Err(QueryError::InvalidEncoding);
+    }
+    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})?;
+    Ok(statements.into_iter().collect())
+}
+
+impl Session {
+    /// Runs every statement of a simple query, in order, stopping at the first error.
+    pub async fn execute_sql(&self, sql: &str) -> Vec<Result<Output>> {
+        let statements = match parse(sql) {
+            Ok(statements) => statements,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut outputs = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let result = self.execute_statement(statement, Vec::new()).await;
+            let failed = result.is_err();
+            outputs.push(result);
+            if failed {
+                break;
+            }
+        }
+        outputs
+    }
+
+    /// Parses and plans one statement for the extended protocol. `Ok(None)` for an
+    /// empty statement.
+    pub async fn prepare(
+        &self,
+        sql: &str,
+        client_types: &[Option<DataType>],
+    ) -> Result<Option<Prepared>> {
+        let mut statements = parse(sql)?;
+        if statements.len() > 1 {
+            return Err(QueryError::MultipleStatements);
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let (schema, mut param_types) = self.describe(&statement).await?;
+        for (i, client) in client_types.iter().enumerate() {
+            if let Some(t) = client {
+                if i >= param_types.len() {
+                    param_types.resize(i + 1, None);
+                }
+                param_types[i] = Some(t.clone());
+            }
+        }
+        Ok(Some(Prepared {
+            statement,
+            schema,
+            param_types,
+        }))
+    }
+
+    /// Executes a prepared statement with its parameter values.
+    pub async fn execute_prepared(
+        &self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        self.execute_statement(prepared.statement.clone(), params)
+            .await
+    }
+
+    /// Result columns and parameter types of a statement, without running it.
+    async fn describe(
+        &self,
+        statement: &DFStatement,
+    ) -> Result<(Option<SchemaRef>, Vec<Option<DataType>>)> {
+        match statement {
+            DFStatement::Statement(inner) => match inner.as_ref() {
+                SqlStatement::ShowVariable { variable } => {
+                    let name = variable_name(variable);
+                    if is_engine_option(&name) {
+                        return self.describe_plan(statement).await;
+                    }
+                    let key = canonical_setting(&name);
+                    let column = if key == "all" {
+                        return Ok((Some(show_all_schema()), vec![]));
+                    } else {
+                        setting_spec(&key).map(|s| s.1.to_string()).unwrap_or(key)
+                    };
+                    Ok((Some(text_schema(&[&column])), vec![]))
+                }
+                SqlStatement::Query(_) => self.describe_plan(statement).await,
+                SqlStatement::Explain { .. } => self.describe_plan(statement).await,
+                _ => Ok((None, vec![])),
+            },
+            DFStatement::Explain(explain) if !explain.options.analyze => {
+                Ok((Some(text_schema(&["plan_type", "plan"])), vec![]))
+            }
+            DFStatement::Explain(_) => self.describe_plan(statement).await,
+            _ => Ok((None, vec![])),
+        }
+    }
+
+    async fn describe_plan(
+        &self,
+        statement: &DFStatement,
+    ) -> Result<(Option<SchemaRef>, Vec<Option<DataType>>)> {
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(statement.clone())
+            .await?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let types = plan.get_parameter_types()?;
+        let mut params: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(name, t)| {
+                name.strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|n| (n, t))
+            })
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        let count = params.last().map(|(n, _)| *n).unwrap_or(0);
+        let mut out = vec![None; count];
+        for (n, t) in params {
+            if n >= 1 {
+                out[n - 1] = t;
+            }
+        }
+        Ok((Some(schema), out))
+    }
+
+    async fn execute_statement(
+        &self,
+        statement: DFStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        match statement {
+            DFStatement::Statement(inner) => self.execute_sql_statement(*inner, params).await,
+            DFStatement::CreateExternalTable(create) => self.create_external_table(create).await,
+            DFStatement::Explain(explain) if !explain.options.analyze => {
+                self.explain(*explain.statement, explain.options.verbose)
+                    .await
+            }
+            other => self.run_plan(other, params).await,
+        }
+    }
+
+    async fn execute_sql_statement(
+        &self,
+        statement: SqlStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        match statement {
+            SqlStatement::StartTransaction { begin, .. } => Ok(Output::Command {
+                tag: if begin { "BEGIN" } else { "START TRANSACTION" }.into(),
+                rows: None,
+                effect: Effect::Begin,
+            }),
+            SqlStatement::Commit { .. } => Ok(Output::Command {
+                tag: "COMMIT".into(),
+                rows: None,
+                effect: Effect::End,
+            }),
+            SqlStatement::Rollback { savepoint, .. } => Ok(Output::Command {
+                tag: "ROLLBACK".into(),
+                rows: None,
+                effect: if savepoint.is_some() {
+                    Effect::None
+                } else {
+                    Effect::End
+                },
+            }),
+            SqlStatement::Savepoint { .. } => Ok(command("SAVEPOINT")),
+            SqlStatement::ReleaseSavepoint { .. } => Ok(command("RELEASE")),
+            SqlStatement::Discard { .. } => {
+                self.lock_settings().values.clear();
+                Ok(command("DISCARD ALL"))
+            }
+            SqlStatement::Deallocate { name, .. } => {
+                let target = if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none()
+                {
+                    None
+                } else {
+                    Some(name.value.clone())
+                };
+                Ok(Output::Command {
+                    tag: if target.is_none() {
+                        "DEALLOCATE ALL".into()
+                    } else {
+                        "DEALLOCATE".into()
+                    },
+                    rows: None,
+                    effect: Effect::Deallocate(target),
+                })
+            }
+            SqlStatement::Set(set) => self.set(set, params).await,
+            SqlStatement::ShowVariable { variable } => {
+                let name = variable_name(&variable);
+                if is_engine_option(&name) {
+                    let statement =
+                        DFStatement::Statement(Box::new(SqlStatement::ShowVariable { variable }));
+                    return self.run_plan(statement, params).await;
+                }
+                self.show(&name)
+            }
+            SqlStatement::Drop {
+                object_type: ObjectType::Table,
+                if_exists,
+                names,
+                cascade,
+                restrict,
+                purge,
+                temporary,
+                table,
+            } => {
+                for name in &names {
+                    if table_key(name).starts_with(&format!("{SYSTEM_SCHEMA}.")) {
+                        return Err(QueryError::Unsupported {
+                            what: format!("dropping system table {name}"),
+                        });
+                    }
+                }
+                let keys: Vec<String> = names.iter().map(table_key).collect();
+                let statement = SqlStatement::Drop {
+                    object_type: ObjectType::Table,
+                    if_exists,
+                    names,
+                    cascade,
+                    restrict,
+                    purge,
+                    temporary,
+                    table,
+                };
+                let output = self
+                    .run_plan(DFStatement::Statement(Box::new(statement)), params)
+                    .await?;
+                for key in keys {
+                    self.engine.persistent.remove(&key)?;
+                }
+                Ok(output)
+            }
+            other => {
+                self.run_plan(DFStatement::Statement(Box::new(other)), params)
+                    .await
+            }
+        }
+    }
+
+    fn lock_settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn set(&self, set: Set, params: Vec<ScalarValue>) -> Result<Output> {
+        match set {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = variable.to_string();
+                if is_engine_option(&name) {
+                    let statement = DFStatement::Statement(Box::new(SqlStatement::Set(
+                        Set::SingleAssignment {
+                            scope: None,
+                            hivevar: false,
+                            variable,
+                            values,
+                        },
+                    )));
+                    return self.run_plan(statement, params).await;
+                }
+                let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
+                self.assign(&name, &value)?;
+                Ok(command("SET"))
+            }
+            Set::MultipleAssignments { assignments } => {
+                for assignment in assignments {
+                    self.assign(&assignment.name.to_string(), &expr_text(&assignment.value))?;
+                }
+                Ok(command("SET"))
+            }
+            Set::SetTimeZone { value, .. } => {
+                self.assign("timezone", &expr_text(&value))?;
+                Ok(command("SET"))
+            }
+            // Transaction modes, roles, names and session parameters are accepted and
+            // have no effect: this engine has no transactions or roles.
+            _ => Ok(command("SET")),
+        }
+    }
+
+    fn assign(&self, name: &str, value: &str) -> Result<()> {
+        let key = canonical_setting(name);
+        let invalid = |reason: &str| QueryError::InvalidSetting {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        if READ_ONLY_SETTINGS.contains(&key.as_str()) {
+            return Err(QueryError::ReadOnlySetting {
+                name: name.to_string(),
+            });
+        }
+        let known = setting_spec(&key).is_some();
+        if !known && !key.contains('.') && !matches!(key.as_str(), "session_authorization" | "role")
+        {
+            return Err(QueryError::UnknownSetting {
+                name: name.to_string(),
+            });
+        }
+        let normalized = match key.as_str() {
+            "client_encoding" => {
+                let upper = value.to_ascii_uppercase().replace('-', "");
+                if !matches!(upper.as_str(), "UTF8" | "UNICODE") {
+                    return Err(invalid("only UTF8 is supported"));
+                }
+                "UTF8".to_string()
+            }
+            "datestyle" => {
+                if !value.to_ascii_uppercase().contains("ISO") && !value.is_empty() {
+                    return Err(invalid("only the ISO date style is supported"));
+                }
+                "ISO, MDY".to_string()
+            }
+            "extra_float_digits" => {
+                let digits: i32 = value
+                    .parse()
+                    .map_err(|_| invalid("an integer from -15 to 3 is required"))?;
+                if !(-15..=3).contains(&digits) {
+                    return Err(invalid("an integer from -15 to 3 is required"));
+                }
+                digits.to_string()
+            }
+            _ => value.to_string(),
+        };
+        let default = setting_spec(&key).map(|s| s.2);
+        let mut settings = self.lock_settings();
+        if value.eq_ignore_ascii_case("default") {
+            settings.values.remove(&key);
+        } else if Some(normalized.as_str()) == default {
+            settings.values.remove(&key);
+        } else {
+            settings.values.insert(key, normalized);
+        }
+        Ok(())
+    }
+
+    /// The value a session setting has now (`None` for an unknown name).
+    pub fn setting(&self, name: &str) -> Option<String> {
+        let key = canonical_setting(name);
+        if let Some(value) = self.lock_settings().values.get(&key) {
+            return Some(value.clone());
+        }
+        setting_spec(&key).map(|s| s.2.to_string())
+    }
+
+    fn show(&self, name: &str) -> Result<Output> {
+        let key = canonical_setting(name);
+        if key == "all" {
+            let settings = self.lock_settings();
+            let mut names = Vec::new();
+            let mut values = Vec::new();
+            for (key, display, default) in SETTINGS {
+                names.push(display.to_string());
+                values.push(
+                    settings
+                        .values
+                        .get(*key)
+                        .cloned()
+                        .unwrap_or_else(|| default.to_string()),
+                );
+            }
+            let descriptions = vec![String::new(); names.len()];
+            return rows(
+                show_all_schema(),
+                vec![
+                    Arc::new(StringArray::from(names)),
+                    Arc::new(StringArray::from(values)),
+                    Arc::new(StringArray::from(descriptions)),
+                ],
+            );
+        }
+        let display = setting_spec(&key).map(|s| s.1.to_string());
+        let value = self.lock_settings().values.get(&key).cloned();
+        let value = match (value, setting_spec(&key)) {
+            (Some(v), _) => v,
+            (None, Some(spec)) => spec.2.to_string(),
+            (None, None) => {
+                return Err(QueryError::UnknownSetting {
+                    name: name.to_string(),
+                })
+            }
+        };
+        let column = display.unwrap_or(key);
+        rows(
+            text_schema(&[&column]),
+            vec![Arc::new(StringArray::from(vec![value]))],
+        )
+    }
+
+    async fn create_external_table(&self, mut create: CreateExternalTable) -> Result<Output> {
+        let key = table_key(&create.name);
+        if key.starts_with(&format!("{SYSTEM_SCHEMA}.")) {
+            return Err(QueryError::Unsupported {
+                what: format!("creating tables in the {SYSTEM_SCHEMA} schema"),
+            });
+        }
+        let mut checked = Vec::with_capacity(create.locations.len());
+        for location in &create.locations {
+            checked.push(self.engine.roots.check(location)?);
+        }
+        create.locations = checked;
+        let existed = self.ctx.table_exist(key.as_str()).unwrap_or(false);
+        let create_sql = create.to_string();
+        let temporary = create.temporary;
+        let if_not_exists = create.if_not_exists;
+        let output = self
+            .run_plan(DFStatement::CreateExternalTable(create), Vec::new())
+            .await?;
+        if !temporary && !(existed && if_not_exists) {
+            self.engine.persistent.upsert(CatalogEntry {
+                name: key,
+                create_sql,
+            })?;
+        }
+        Ok(output)
+    }
+
+    async fn explain(&self, inner: DFStatement, verbose: bool) -> Result<Output> {
+        let state = self.ctx.state();
+        let logical = state.statement_to_plan(inner).await?;
+        let optimized = state.optimize(&logical)?;
+        let physical = self.physical_plan(&optimized).await?;
+        let staged = if flight::exchange::is_distributed(&physical) {
+            flight::exchange::display_staged(physical.as_ref())
+        } else {
+            displayable(physical.as_ref()).indent(verbose).to_string()
+        };
+        let kinds = vec!["logical_plan".to_string(), "distributed_plan".to_string()];
+        let plans = vec![optimized.display_indent().to_string(), staged];
+        rows(
+            text_schema(&["plan_type", "plan"]),
+            vec![
+                Arc::new(StringArray::from(kinds)),
+                Arc::new(StringArray::from(plans)),
+            ],
+        )
+    }
+
+    /// Plans a logical plan physically, with task limits fitted to the live executors.
+    async fn physical_plan(&self, logical: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+        let live = self.engine.registry.live().len();
+        flight::exchange::fit_task_limits(self.ctx.state_ref().write().config_mut(), live)?;
+        let state = self.ctx.state();
+        let physical = state.create_physical_plan(logical).await?;
+        if flight::exchange::reads_files(&physical) && live == 0 {
+            return Err(QueryError::NoExecutors);
+        }
+        Ok(physical)
+    }
+
+    /// Plans and runs a statement DataFusion understands.
+    async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
+        let state = self.ctx.state();
+        let mut plan = state.statement_to_plan(statement).await?;
+        if !params.is_empty() {
+            plan = plan.with_param_values(params)?;
+        }
+        let tag = match &plan {
+            LogicalPlan::Ddl(ddl) => Some(match ddl {
+                DdlStatement::CreateExternalTable(_) | DdlStatement::CreateMemoryTable(_) => {
+                    "CREATE TABLE"
+                }
+                DdlStatement::CreateView(_) => "CREATE VIEW",
+                DdlStatement::CreateCatalogSchema(_) => "CREATE SCHEMA",
+                DdlStatement::CreateCatalog(_) => "CREATE DATABASE",
+                DdlStatement::CreateIndex(_) => "CREATE INDEX",
+                DdlStatement::DropTable(_) => "DROP TABLE",
+                DdlStatement::DropView(_) => "DROP VIEW",
+                DdlStatement::DropCatalogSchema(_) => "DROP SCHEMA",
+                _ => "OK",
+            }),
+            LogicalPlan::Statement(_) => Some("SET"),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            // DDL and SET run when the plan is executed; their output is empty.
+            self.ctx.execute_logical_plan(plan).await?;
+            return Ok(command(tag));
+        }
+        let optimized = state.optimize(&plan)?;
+        let physical = self.physical_plan(&optimized).await?;
+        let stream = execute_stream(physical, self.ctx.task_ctx())?;
+        Ok(Output::Rows(stream))
+    }
+}
+
+fn variable_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+    variable
+        .iter()
+        .map(|i| i.value.clone())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The catalog key of a table name: unquoted parts lower-cased, the default
+/// catalog and schema dropped.
+fn table_key(name: &ObjectName) -> String {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() => ident.value.clone(),
+            ObjectNamePart::Identifier(ident) => ident.value.to_ascii_lowercase(),
+            other => other.to_string(),
+        })
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match parts.as_slice() {
+        [catalog, schema, table] if *catalog == DEFAULT_CATALOG && *schema == DEFAULT_SCHEMA => {
+            table.to_string()
+        }
+        [schema, table] if *schema == DEFAULT_SCHEMA => table.to_string(),
+        other => other.join("."),
+    }
+}
+
+/// The text of a `SET` value: strings unquoted, everything else as written.
+fn expr_text(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            Value::Boolean(b) => if *b { "on" } else { "off" }.to_string(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn text_schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn show_all_schema() -> SchemaRef {
+    text_schema(&["name", "setting", "description"])
+}
+
+fn rows(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Output> {
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
+        .map_err(|e| QueryError::DataFusion(e.into()))?;
+    let stream = MemoryStream::try_new(vec![batch], schema, None)?;
+    Ok(Output::Rows(Box::pin(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_keys_normalize() {
+        let parse_name = |s: &str| -> ObjectName {
+            let stmt = &parse(&format!("DROP TABLE {s}")).unwrap()[0];
+            match stmt {
+                DFStatement::Statement(inner) => match inner.as_ref() {
+                    SqlStatement::Drop { names, .. } => names[0].clone(),
+                    _ => unreachable!(),
+                },
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(table_key(&parse_name("T1")), "t1");
+        assert_eq!(table_key(&parse_name("public.t1")), "t1");
+        assert_eq!(table_key(&parse_name("flotilla.public.t1")), "t1");
+        assert_eq!(table_key(&parse_name("\"MiXed\"")), "MiXed");
+        assert_eq!(
+            table_key(&parse_name("flotilla.executors")),
+            "flotilla.executors"
+        );
+    }
+
+    #[test]
+    fn replacement_characters_mean_bad_encoding() {
+        assert!(matches!(
+            parse("select 'a\u{FFFD}'"),
+            Err(QueryError::InvalidEncoding)
+        ));
+    }
+
+    #[test]
+    fn setting_names_canonicalize() {
+        assert_eq!(canonical_setting("TIME ZONE"), "timezone");
+        assert_eq!(
+            canonical_setting("transaction isolation level"),
+            "transaction_isolation"
+        );
+        assert_eq!(canonical_setting("DateStyle"), "datestyle");
+    }
+}

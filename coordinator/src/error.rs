@@ -1,0 +1,57 @@
+//! The one error type of the `coordinator` crate.
+
+use datafusion::error::DataFusionError;
+use sql::{ErrorKind, SqlError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(
+        "no executor is alive to run this query; it reads table data, which only executors do"
+    )]
+    NoExecutors,
+    #[error("unrecognized configuration parameter \"{name}\"")]
+    UnknownSetting { name: String },
+    #[error("invalid value for parameter \"{name}\": \"{value}\" ({reason})")]
+    InvalidSetting {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("parameter \"{name}\" cannot be changed")]
+    ReadOnlySetting { name: String },
+    #[error("{what} is not supported")]
+    Unsupported { what: String },
+    #[error("cannot insert multiple commands into a prepared statement")]
+    MultipleStatements,
+    #[error("invalid byte sequence for encoding \"UTF8\"")]
+    InvalidEncoding,
+    #[error("could not bind parameter ${index}: {message}")]
+    BadParameter { index: usize, message: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl QueryError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::Sql(e) => e.kind(),
+            QueryError::DataFusion(e) => sql::error::datafusion_kind(e),
+            QueryError::NoExecutors => ErrorKind::Unavailable,
+            QueryError::UnknownSetting { .. } => ErrorKind::NotFound,
+            QueryError::InvalidSetting { .. }
+            | QueryError::MultipleStatements
+            | QueryError::InvalidEncoding
+            | QueryError::BadParameter { .. } => ErrorKind::InvalidInput,
+            QueryError::Unsupported { .. } | QueryError::ReadOnlySetting { .. } => {
+                ErrorKind::Unsupported
+            }
+            QueryError::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;

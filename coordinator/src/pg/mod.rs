@@ -1,0 +1,366 @@
+//! The Postgres wire protocol front door (`pgwire`).
+//!
+//! Simple and extended query protocols, prepared statements and portals,
+//! ParameterStatus values real drivers check, BackendKeyData and CancelRequest.
+//! Each connection owns one [`Session`], kept in pgwire's per-connection
+//! extensions; errors become SQLSTATEs in [`errors`] and the connection goes on.
+
+pub mod encode;
+pub mod errors;
+mod params;
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{stream, Sink, SinkExt, StreamExt};
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    DefaultServerParameterProvider, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::engine::{Effect, Engine, Output, Prepared, Session};
+use crate::error::QueryError;
+use errors::{error_info, pg_error};
+
+/// The server version clients see: a plain `16.x`, as drivers parse it.
+pub const SERVER_VERSION: &str = "16.6";
+
+/// Serves the Postgres protocol on `listener` until `shutdown` resolves; open
+/// connections are closed then.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let handlers = Arc::new(PgHandlers::new(engine));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    let handlers = Arc::clone(&handlers);
+                    connections.spawn(async move {
+                        if let Err(error) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// The handlers pgwire calls; one instance serves every connection.
+pub struct PgHandlers {
+    handler: Arc<PgHandler>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgHandlers {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let manager = Arc::new(ConnectionManager::new());
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = SERVER_VERSION.to_string();
+        parameters.date_style = "ISO, MDY".to_string();
+        parameters.client_encoding = Some("UTF8".to_string());
+        Self {
+            handler: Arc::new(PgHandler {
+                engine,
+                manager: Arc::clone(&manager),
+                parameters,
+                pids: RandomPidSecretKeyGenerator::default(),
+                parser: Arc::new(PgQueryParser),
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(manager)),
+        }
+    }
+}
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::clone(&self.cancel)
+    }
+}
+
+pub struct PgHandler {
+    engine: Arc<Engine>,
+    manager: Arc<ConnectionManager>,
+    parameters: DefaultServerParameterProvider,
+    pids: RandomPidSecretKeyGenerator,
+    parser: Arc<PgQueryParser>,
+}
+
+fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Session>> {
+    client.session_extensions().get::<Session>().ok_or_else(|| {
+        pg_error(&QueryError::Internal {
+            message: "connection has no session".into(),
+        })
+    })
+}
+
+#[async_trait]
+impl StartupHandler for PgHandler {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let (pid, secret) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, secret.clone());
+            let (handle, guard) = self.manager.register(pid, secret);
+            client
+                .session_extensions()
+                .insert::<Arc<ConnectionHandle>>(handle);
+            client.session_extensions().insert::<ConnectionGuard>(guard);
+            let session = self.engine.session().map_err(|e| pg_error(&e))?;
+            client.session_extensions().insert::<Session>(session);
+            finish_authentication(client, &self.parameters).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns one statement's output into a protocol response.
+fn respond<C>(client: &C, output: Output, format: &Format) -> Response
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    match output {
+        Output::Rows(stream) => Response::Query(query_response(stream, format)),
+        Output::Command { tag, rows, effect } => {
+            let mut tag = Tag::new(&tag);
+            if let Some(rows) = rows {
+                tag = tag.with_rows(rows);
+            }
+            match effect {
+                Effect::Begin => Response::TransactionStart(tag),
+                Effect::End => Response::TransactionEnd(tag),
+                Effect::Deallocate(name) => {
+                    match name {
+                        Some(name) => client.portal_store().rm_statement(&name),
+                        None => deallocate_all(client),
+                    }
+                    Response::Execution(tag)
+                }
+                Effect::None => Response::Execution(tag),
+            }
+        }
+    }
+}
+
+/// Names of the prepared statements a connection has parsed; pgwire's store
+/// cannot list them, and `DEALLOCATE ALL` needs them.
+#[derive(Debug, Default)]
+struct StatementNames(Mutex<BTreeSet<String>>);
+
+fn deallocate_all<C>(client: &C)
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    if let Some(names) = client.session_extensions().get::<StatementNames>() {
+        let names = std::mem::take(&mut *names.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in names {
+            client.portal_store().rm_statement(&name);
+        }
+    }
+}
+
+fn query_response(stream: SendableRecordBatchStream, format: &Format) -> QueryResponse {
+    let fields = Arc::new(encode::field_infos(stream.schema().as_ref(), format));
+    let row_fields = Arc::clone(&fields);
+    let rows = stream
+        .map(move |batch| match batch {
+            Ok(batch) => match encode::encode_batch(&batch, &row_fields) {
+                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            },
+            Err(e) => vec![Err(pg_error(&QueryError::DataFusion(e)))],
+        })
+        .flat_map(stream::iter);
+    QueryResponse::new(fields, rows)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for PgHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let outputs = session.execute_sql(query).await;
+        if outputs.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        Ok(outputs
+            .into_iter()
+            .map(|output| match output {
+                Ok(output) => respond(client, output, &Format::UnifiedText),
+                Err(error) => Response::Error(Box::new(error_info(&error))),
+            })
+            .collect())
+    }
+}
+
+/// Parses (and plans) statements for the extended protocol, in the connection's
+/// session.
+pub struct PgQueryParser;
+
+#[async_trait]
+impl QueryParser for PgQueryParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = session_of(client)?;
+        let client_types: Vec<Option<DataType>> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(encode::arrow_type))
+            .collect();
+        session
+            .prepare(sql, &client_types)
+            .await
+            .map_err(|e| pg_error(&e))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .param_types
+            .iter()
+            .map(|t| t.as_ref().map(encode::pg_type).unwrap_or(Type::TEXT))
+            .collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.schema {
+            Some(schema) => {
+                encode::field_infos(schema, column_format.unwrap_or(&Format::UnifiedText))
+            }
+            None => Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgHandler {
+    type Statement = Prepared;
+    type QueryParser = PgQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| pgwire::api::DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, Arc::clone(&self.parser)).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client
+            .session_extensions()
+            .get_or_insert_with(StatementNames::default)
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name);
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let stored: &StoredStatement<Prepared> = &portal.statement;
+        let values = params::bind(portal, stored).map_err(|e| pg_error(&e))?;
+        let output = session
+            .execute_prepared(&stored.statement, values)
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(respond(client, output, &portal.result_column_format))
+    }
+}

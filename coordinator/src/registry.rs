@@ -1,0 +1,276 @@
+//! The executor registry: who is alive, where, and what they have done.
+//!
+//! Executors register and heartbeat over the control plane. One silent for longer
+//! than the executor timeout is dropped from scheduling at once; if it comes back
+//! it registers again as if new. [`LiveExecutors`] always mirrors the live set.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use flight::control::{
+    actions, decode, encode, ControlHandler, DeregisterRequest, ExecutorStats, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse,
+};
+use flight::exchange::LiveExecutors;
+use sql::config::ObjectStoreConfig;
+use tonic::Status;
+use url::Url;
+
+/// What the registry knows of one executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorEntry {
+    pub executor_id: String,
+    pub worker_url: Url,
+    pub pid: u32,
+    pub version: String,
+    pub registered_at: SystemTime,
+    pub last_heartbeat: Instant,
+    pub stats: ExecutorStats,
+}
+
+#[derive(Debug)]
+struct Inner {
+    executors: BTreeMap<String, ExecutorEntry>,
+}
+
+/// Cluster membership, kept by the coordinator.
+#[derive(Debug, Clone)]
+pub struct ExecutorRegistry {
+    inner: Arc<Mutex<Inner>>,
+    live: LiveExecutors,
+    heartbeat_interval: Duration,
+    executor_timeout: Duration,
+    object_store: ObjectStoreConfig,
+}
+
+impl ExecutorRegistry {
+    pub fn new(
+        heartbeat_interval: Duration,
+        executor_timeout: Duration,
+        object_store: ObjectStoreConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                executors: BTreeMap::new(),
+            })),
+            live: LiveExecutors::new(),
+            heartbeat_interval,
+            executor_timeout,
+            object_store,
+        }
+    }
+
+    /// The live set the planner reads.
+    pub fn live(&self) -> LiveExecutors {
+        self.live.clone()
+    }
+
+    /// A copy of every live executor, ordered by id.
+    pub fn executors(&self) -> Vec<ExecutorEntry> {
+        self.lock().executors.values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.live.replace(
+            inner
+                .executors
+                .values()
+                .map(|e| e.worker_url.clone())
+                .collect(),
+        );
+    }
+
+    fn register(&self, request: RegisterRequest) -> Result<RegisterResponse, Status> {
+        let worker_url = Url::parse(&request.worker_url).map_err(|e| {
+            Status::invalid_argument(format!("worker_url '{}': {e}", request.worker_url))
+        })?;
+        if request.executor_id.is_empty() || request.executor_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "executor_id must be 1 to 128 characters",
+            ));
+        }
+        let mut inner = self.lock();
+        // An executor restarted at the same address replaces the old entry.
+        inner
+            .executors
+            .retain(|id, e| *id == request.executor_id || e.worker_url != worker_url);
+        inner.executors.insert(
+            request.executor_id.clone(),
+            ExecutorEntry {
+                executor_id: request.executor_id.clone(),
+                worker_url,
+                pid: request.pid,
+                version: request.version,
+                registered_at: SystemTime::now(),
+                last_heartbeat: Instant::now(),
+                stats: ExecutorStats::default(),
+            },
+        );
+        self.publish(&inner);
+        tracing::info!(executor_id = request.executor_id, "executor registered");
+        Ok(RegisterResponse {
+            heartbeat_interval: self.heartbeat_interval,
+            object_store: self.object_store.clone(),
+        })
+    }
+
+    fn heartbeat(&self, request: HeartbeatRequest) -> HeartbeatResponse {
+        let mut inner = self.lock();
+        match inner.executors.get_mut(&request.executor_id) {
+            Some(entry) => {
+                entry.last_heartbeat = Instant::now();
+                entry.stats = request.stats;
+                HeartbeatResponse { known: true }
+            }
+            None => HeartbeatResponse { known: false },
+        }
+    }
+
+    fn deregister(&self, executor_id: &str) {
+        let mut inner = self.lock();
+        if inner.executors.remove(executor_id).is_some() {
+            self.publish(&inner);
+            tracing::info!(executor_id, "executor deregistered");
+        }
+    }
+
+    /// Drops executors that missed their heartbeats; returns their ids.
+    pub fn expire(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let dead: Vec<String> = inner
+            .executors
+            .values()
+            .filter(|e| now.duration_since(e.last_heartbeat) > self.executor_timeout)
+            .map(|e| e.executor_id.clone())
+            .collect();
+        for id in &dead {
+            inner.executors.remove(id);
+            tracing::warn!(executor_id = id, "executor missed its heartbeats; removed");
+        }
+        if !dead.is_empty() {
+            self.publish(&inner);
+        }
+        dead
+    }
+
+    /// Removes an executor that was found dead some other way (e.g. a failed call).
+    pub fn mark_dead(&self, executor_id: &str) {
+        self.deregister(executor_id);
+    }
+
+    /// Expires silent executors until the returned task is aborted.
+    pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
+        let registry = self.clone();
+        let period = self.heartbeat_interval / 2;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                registry.expire();
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ControlHandler for ExecutorRegistry {
+    async fn handle(&self, action: &str, body: Bytes) -> Result<Bytes, Status> {
+        match action {
+            actions::REGISTER => encode(&self.register(decode(&body)?)?),
+            actions::HEARTBEAT => encode(&self.heartbeat(decode(&body)?)),
+            actions::DEREGISTER => {
+                let request: DeregisterRequest = decode(&body)?;
+                self.deregister(&request.executor_id);
+                encode(&serde_json::Value::Null)
+            }
+            other => Err(Status::unimplemented(format!(
+                "coordinator does not serve action '{other}'"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str, port: u16) -> RegisterRequest {
+        RegisterRequest {
+            executor_id: id.into(),
+            worker_url: format!("http://127.0.0.1:{port}"),
+            pid: 1,
+            version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn register_heartbeat_expire() {
+        let registry = ExecutorRegistry::new(
+            Duration::from_millis(10),
+            Duration::from_millis(30),
+            ObjectStoreConfig::default(),
+        );
+        registry.register(request("a", 1)).unwrap();
+        registry.register(request("b", 2)).unwrap();
+        assert_eq!(registry.live().len(), 2);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            registry
+                .heartbeat(HeartbeatRequest {
+                    executor_id: "a".into(),
+                    stats: ExecutorStats { tasks_started: 3 },
+                })
+                .known
+        );
+        assert_eq!(registry.expire(), vec!["b".to_string()]);
+        assert_eq!(registry.live().len(), 1);
+        assert!(
+            !registry
+                .heartbeat(HeartbeatRequest {
+                    executor_id: "b".into(),
+                    stats: ExecutorStats::default(),
+                })
+                .known
+        );
+        assert_eq!(registry.executors()[0].stats.tasks_started, 3);
+    }
+
+    #[test]
+    fn restart_at_same_address_replaces_old_entry() {
+        let registry = ExecutorRegistry::new(
+            Duration::from_millis(10),
+            Duration::from_millis(30),
+            ObjectStoreConfig::default(),
+        );
+        registry.register(request("old", 7)).unwrap();
+        registry.register(request("new", 7)).unwrap();
+        let ids: Vec<_> = registry
+            .executors()
+            .into_iter()
+            .map(|e| e.executor_id)
+            .collect();
+        assert_eq!(ids, vec!["new".to_string()]);
+    }
+
+    #[test]
+    fn bad_registration_is_refused() {
+        let registry = ExecutorRegistry::new(
+            Duration::from_millis(10),
+            Duration::from_millis(30),
+            ObjectStoreConfig::default(),
+        );
+        let mut bad = request("x", 1);
+        bad.worker_url = "not a url".into();
+        assert_eq!(
+            registry.register(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The executor role: hosts the exchange worker that runs fragments, registers
+//! with the coordinator, heartbeats, and answers stats requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flight::control::{
+    actions, decode, encode, ControlClient, ControlHandler, ControlService, DeregisterRequest,
+    HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+};
+use flight::exchange::{ExchangeWorker, TaskCounters};
+use serde::de::IgnoredAny;
+use sql::config::{ExecutorConfig, ObjectStoreConfig};
+use sql::object_stores::LazyObjectStoreRegistry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+/// Errors of the executor role.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid coordinator URL '{url}': {source}")]
+    CoordinatorUrl {
+        url: String,
+        #[source]
+        source: flight::FlightError,
+    },
+    #[error("listening on {addr} needs --advertise-url: other processes cannot reach an unspecified address")]
+    Advertise { addr: SocketAddr },
+    #[error(transparent)]
+    Setup(#[from] sql::SqlError),
+    #[error("worker service failed: {message}")]
+    Serve { message: String },
+}
+
+impl ExecutorError {
+    pub fn kind(&self) -> sql::ErrorKind {
+        match self {
+            ExecutorError::Listen { .. } => sql::ErrorKind::Unavailable,
+            ExecutorError::CoordinatorUrl { .. } | ExecutorError::Advertise { .. } => {
+                sql::ErrorKind::InvalidInput
+            }
+            ExecutorError::Setup(e) => e.kind(),
+            ExecutorError::Serve { .. } => sql::ErrorKind::Internal,
+        }
+    }
+}
+
+/// How to start an executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// Control-plane URL of the coordinator (`http://host:port`).
+    pub coordinator_url: String,
+    /// Stable identity; a fresh one is made when `None`.
+    pub executor_id: Option<String>,
+    /// The URL other processes reach this executor at; required when listening on
+    /// an unspecified address (0.0.0.0), else derived from the bound address.
+    pub advertise_url: Option<String>,
+    pub config: ExecutorConfig,
+}
+
+/// Time allowed for one control-plane call.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Wait between registration attempts while the coordinator cannot be reached.
+const REGISTER_RETRY: Duration = Duration::from_millis(200);
+
+/// Runs an executor until `shutdown` resolves.
+pub async fn run(
+    options: ExecutorOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ExecutorError> {
+    let listener = TcpListener::bind(options.config.listen)
+        .await
+        .map_err(|source| ExecutorError::Listen {
+            addr: options.config.listen,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ExecutorError::Listen {
+            addr: options.config.listen,
+            source,
+        })?;
+    let worker_url = match (&options.advertise_url, local.ip().is_unspecified()) {
+        (Some(url), _) => url.clone(),
+        (None, false) => format!("http://{local}"),
+        (None, true) => return Err(ExecutorError::Advertise { addr: local }),
+    };
+    let executor_id = options
+        .executor_id
+        .clone()
+        .unwrap_or_else(|| format!("executor-{}", &uuid::Uuid::new_v4().to_string()[..8]));
+
+    let object_stores = Arc::new(LazyObjectStoreRegistry::new(ObjectStoreConfig::default()));
+    let runtime = sql::session::runtime_env(
+        Arc::clone(&object_stores),
+        options.config.memory_limit_bytes,
+    )?;
+    let worker = ExchangeWorker::new(runtime);
+    let counters = worker.counters();
+    let stats = ControlService::new_server(Arc::new(StatsHandler {
+        counters: Arc::clone(&counters),
+    }));
+
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let router = worker.router(&mut server).add_service(stats);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(executor_id, worker_url, "executor listening");
+
+    let coordinator =
+        ControlClient::new(&options.coordinator_url, CONTROL_TIMEOUT).map_err(|source| {
+            ExecutorError::CoordinatorUrl {
+                url: options.coordinator_url.clone(),
+                source,
+            }
+        })?;
+    let membership = Membership {
+        coordinator: coordinator.clone(),
+        request: RegisterRequest {
+            executor_id: executor_id.clone(),
+            worker_url,
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        counters,
+        object_stores,
+    };
+    let heartbeats = tokio::spawn(membership.run());
+
+    shutdown.await;
+    tracing::info!(executor_id, "executor stopping");
+    heartbeats.abort();
+    let _ = coordinator
+        .call::<_, IgnoredAny>(
+            actions::DEREGISTER,
+            &DeregisterRequest {
+                executor_id: executor_id.clone(),
+            },
+        )
+        .await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), serve).await {
+        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
+        Ok(Ok(Err(e))) => Err(ExecutorError::Serve {
+            message: e.to_string(),
+        }),
+        Ok(Err(e)) => Err(ExecutorError::Serve {
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Keeps this executor registered: registers, heartbeats, registers again when the
+/// coordinator has forgotten it, and keeps trying while it cannot be reached.
+struct Membership {
+    coordinator: ControlClient,
+    request: RegisterRequest,
+    counters: Arc<TaskCounters>,
+    object_stores: Arc<LazyObjectStoreRegistry>,
+}
+
+impl Membership {
+    async fn run(self) {
+        loop {
+            let interval = self.register().await;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let beat = HeartbeatRequest {
+                    executor_id: self.request.executor_id.clone(),
+                    stats: self.counters.stats(),
+                };
+                match self
+                    .coordinator
+                    .call::<_, HeartbeatResponse>(actions::HEARTBEAT, &beat)
+                    .await
+                {
+                    Ok(HeartbeatResponse { known: true }) => {}
+                    Ok(HeartbeatResponse { known: false }) => {
+                        tracing::warn!(
+                            executor_id = self.request.executor_id,
+                            "coordinator does not know this executor; registering again"
+                        );
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers, retrying until it succeeds; returns the heartbeat interval.
+    async fn register(&self) -> Duration {
+        loop {
+            match self
+                .coordinator
+                .call::<_, RegisterResponse>(actions::REGISTER, &self.request)
+                .await
+            {
+                Ok(response) => {
+                    self.object_stores.set_config(response.object_store);
+                    tracing::info!(
+                        executor_id = self.request.executor_id,
+                        coordinator = self.coordinator.url(),
+                        "registered"
+                    );
+                    return response.heartbeat_interval;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "registration failed; retrying");
+                    tokio::time::sleep(REGISTER_RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// Answers the coordinator's stats requests.
+struct StatsHandler {
+    counters: Arc<TaskCounters>,
+}
+
+#[tonic::async_trait]
+impl ControlHandler for StatsHandler {
+    async fn handle(&self, action: &str, body: Bytes) -> Result<Bytes, Status> {
+        match action {
+            actions::STATS => {
+                let _: IgnoredAny = decode(&body)?;
+                encode(&self.counters.stats())
+            }
+            other => Err(Status::unimplemented(format!(
+                "executor does not serve action '{other}'"
+            ))),
+        }
+    }
+}

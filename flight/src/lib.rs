@@ -1,0 +1,9 @@
+//! Everything on the wire between Flotilla processes: the control plane
+//! (registration, heartbeats, stats) and the exchange layer (our wrapper around
+//! `datafusion-distributed`).
+
+pub mod control;
+pub mod error;
+pub mod exchange;
+
+pub use error::{FlightError, Result};

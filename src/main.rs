@@ -1,0 +1,401 @@
+//! `flotilla`: one binary, three roles.
+//!
+//! - `standalone`: a coordinator in this process plus N executor child processes it
+//!   supervises, with TPC-H data generated on first run. No configuration needed.
+//! - `coordinator`: the front door and planner of a real cluster.
+//! - `executor`: a worker that registers with a coordinator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sql::config::FlotillaConfig;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Distributed SQL over Parquet, CSV and JSON"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// A coordinator and N executor processes on this machine, TPC-H data included.
+    Standalone(StandaloneArgs),
+    /// The coordinator of a cluster: Postgres wire protocol, planning, scheduling.
+    Coordinator(CoordinatorArgs),
+    /// An executor: runs plan fragments, registers with a coordinator.
+    Executor(ExecutorArgs),
+}
+
+#[derive(Args)]
+struct StandaloneArgs {
+    /// Executor processes to start.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Postgres wire protocol address.
+    #[arg(long)]
+    pg_listen: Option<SocketAddr>,
+    /// Where the catalog and generated data live (default: ./flotilla-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TPC-H scale factor to generate and register; 0 for none.
+    #[arg(long, default_value_t = 1.0)]
+    tpch: f64,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Do not restart executors that die.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Postgres wire protocol address (overrides the file).
+    #[arg(long)]
+    pg_listen: Option<SocketAddr>,
+    /// Control-plane address executors register with (overrides the file).
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
+    /// Data directory (overrides the file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExecutorArgs {
+    /// Control-plane URL of the coordinator, e.g. http://10.0.0.1:50050.
+    #[arg(long)]
+    coordinator: String,
+    /// Address of this executor's worker service (port 0: any free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Stable executor id (default: a random one).
+    #[arg(long)]
+    executor_id: Option<String>,
+    /// URL others reach this executor at (needed when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// Configuration file (TOML); only its [executor] section is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Memory pool for query execution, in bytes.
+    #[arg(long)]
+    memory_limit_bytes: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flotilla")
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        match cli.role {
+            Role::Standalone(args) => standalone(args).await,
+            Role::Coordinator(args) => coordinator(args).await,
+            Role::Executor(args) => executor(args).await,
+        }
+    })
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<FlotillaConfig> {
+    Ok(match path {
+        Some(path) => FlotillaConfig::from_file(path)?,
+        None => FlotillaConfig::default(),
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(addr) = args.pg_listen {
+        config.coordinator.pg_listen = addr;
+    }
+    if let Some(addr) = args.control_listen {
+        config.coordinator.control_listen = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        config.coordinator.data_dir = dir;
+    }
+    config.validate("command line")?;
+    coordinator::run(
+        config,
+        Vec::new(),
+        |addrs| {
+            println!(
+                "coordinator ready: postgres on {}, executors register at {}",
+                addrs.pg,
+                addrs.control_url()
+            );
+        },
+        termination(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn executor(args: ExecutorArgs) -> Result<()> {
+    let config = load_config(args.config.as_ref())?;
+    let mut executor_config = config.executor;
+    if let Some(addr) = args.listen {
+        executor_config.listen = addr;
+    }
+    if let Some(limit) = args.memory_limit_bytes {
+        executor_config.memory_limit_bytes = Some(limit);
+    }
+    executor::run(
+        executor::ExecutorOptions {
+            coordinator_url: args.coordinator,
+            executor_id: args.executor_id,
+            advertise_url: args.advertise_url,
+            config: executor_config,
+        },
+        termination(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn standalone(args: StandaloneArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(addr) = args.pg_listen {
+        config.coordinator.pg_listen = addr;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.coordinator.data_dir = dir.clone();
+    }
+    config.validate("command line")?;
+    if args.executors == 0 {
+        bail!("--executors must be at least 1");
+    }
+    let trusted = if args.tpch > 0.0 {
+        let data_dir = config.coordinator.data_dir.clone();
+        let sf = args.tpch;
+        let started = Instant::now();
+        let tables = tokio::task::spawn_blocking(move || sql::tpch::ensure_dataset(&data_dir, sf))
+            .await
+            .context("TPC-H generation thread")??;
+        tracing::info!(
+            scale_factor = sf,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "TPC-H data ready"
+        );
+        tables
+    } else {
+        Vec::new()
+    };
+
+    let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let supervisor = tokio::spawn(supervise(
+        args.executors,
+        !args.no_restart,
+        addrs_rx,
+        stop_rx,
+        Arc::clone(&stopping),
+    ));
+
+    let executors = args.executors;
+    let shutdown = {
+        let stopping = Arc::clone(&stopping);
+        async move {
+            termination().await;
+            stopping.store(true, Ordering::SeqCst);
+        }
+    };
+    let result = coordinator::run(
+        config,
+        trusted,
+        move |addrs| {
+            println!(
+                "Flotilla standalone: coordinator and {executors} executors.\n\
+                 Connect with: psql -h {} -p {} -U flotilla",
+                addrs.pg.ip(),
+                addrs.pg.port()
+            );
+            let _ = addrs_tx.send(addrs);
+        },
+        shutdown,
+    )
+    .await;
+    stopping.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = supervisor.await;
+    result?;
+    Ok(())
+}
+
+/// Starts executor child processes and restarts those that die, until told to stop;
+/// then stops them all (SIGTERM, then SIGKILL after a grace period).
+async fn supervise(
+    count: usize,
+    restart: bool,
+    addrs: tokio::sync::oneshot::Receiver<coordinator::CoordinatorAddrs>,
+    mut stop: watch::Receiver<bool>,
+    stopping: Arc<AtomicBool>,
+) {
+    let Ok(addrs) = addrs.await else {
+        return;
+    };
+    let url = addrs.control_url();
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel::<usize>(count.max(1));
+    let mut children: Vec<Option<Child>> = Vec::with_capacity(count);
+    let mut started: Vec<Instant> = vec![Instant::now(); count];
+    let mut backoff: Vec<Duration> = vec![RESTART_BACKOFF_MIN; count];
+    for slot in 0..count {
+        children.push(spawn_executor(slot, &url));
+    }
+    let mut watchers = tokio::task::JoinSet::new();
+    let mut pids: Vec<Option<u32>> = children
+        .iter()
+        .map(|c| c.as_ref().and_then(|c| c.id()))
+        .collect();
+    for (slot, child) in children.iter_mut().enumerate() {
+        if let Some(child) = child.take() {
+            watchers.spawn(wait_child(slot, child, exit_tx.clone()));
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(slot) = exit_rx.recv() => {
+                pids[slot] = None;
+                if !restart || stopping.load(Ordering::SeqCst) {
+                    tracing::warn!(slot, "executor exited; not restarting");
+                    continue;
+                }
+                if started[slot].elapsed() > Duration::from_secs(30) {
+                    backoff[slot] = RESTART_BACKOFF_MIN;
+                }
+                let delay = backoff[slot];
+                backoff[slot] = (delay * 2).min(RESTART_BACKOFF_MAX);
+                tracing::warn!(slot, delay_ms = delay.as_millis() as u64, "executor exited; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => break,
+                }
+                if stopping.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if let Some(child) = spawn_executor(slot, &url) {
+                    pids[slot] = child.id();
+                    started[slot] = Instant::now();
+                    watchers.spawn(wait_child(slot, child, exit_tx.clone()));
+                }
+            }
+        }
+    }
+    // Stop: SIGTERM every child, give them a grace period, then SIGKILL.
+    for pid in pids.iter().flatten() {
+        signal_pid(*pid, libc::SIGTERM);
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                for pid in pids.iter().flatten() {
+                    signal_pid(*pid, libc::SIGKILL);
+                }
+                watchers.shutdown().await;
+                break;
+            }
+            next = watchers.join_next() => {
+                if next.is_none() {
+                    break;
+                }
+            }
+            Some(slot) = exit_rx.recv() => { pids[slot] = None; }
+        }
+    }
+}
+
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+async fn wait_child(slot: usize, mut child: Child, exits: tokio::sync::mpsc::Sender<usize>) {
+    let status = child.wait().await;
+    tracing::info!(slot, ?status, "executor process ended");
+    let _ = exits.send(slot).await;
+}
+
+fn signal_pid(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid we spawned; at worst the process is already gone.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+fn spawn_executor(slot: usize, coordinator_url: &str) -> Option<Child> {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => {
+            tracing::error!(%error, "cannot find the flotilla binary");
+            return None;
+        }
+    };
+    let mut command = Command::new(exe);
+    command
+        .arg("executor")
+        .arg("--coordinator")
+        .arg(coordinator_url)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--executor-id")
+        .arg(format!("executor-{}", slot + 1))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGTERM the child if
+    // this process dies, so executors never outlive their standalone parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        Ok(child) => Some(child),
+        Err(error) => {
+            tracing::error!(%error, slot, "cannot start executor");
+            None
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The 22 TPC-H queries at SF0.1 through pgwire against a standalone cluster with
+//! two executor processes: answers equal the reference answers and single-process
+//! DataFusion; every query ran tasks on both executors; staged plans match golden
+//! files (`FLOTILLA_BLESS=1` rewrites them).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use tests::answers::{compare, read_answer, Rows};
+use tests::cluster::{simple_rows, Cluster, ClusterOptions};
+
+const TABLES: [&str; 8] = [
+    "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+];
+
+fn query_text(n: usize) -> Result<String> {
+    let path = tests::shared_dir()
+        .join("tpch/queries")
+        .join(format!("q{n:02}.sql"));
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(text.trim().trim_end_matches(';').to_string())
+}
+
+async fn reference_context(data: &Path) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    for table in TABLES {
+        let location = format!("{}/", data.join(table).display());
+        ctx.register_parquet(table, &location, ParquetReadOptions::default())
+            .await?;
+    }
+    Ok(ctx)
+}
+
+async fn reference_rows(ctx: &SessionContext, sql: &str) -> Result<Rows> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let options = FormatOptions::default().with_null("\u{0}NULL");
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..batch.num_rows() {
+            rows.push(
+                formatters
+                    .iter()
+                    .map(|f| {
+                        let v = f.value(i).to_string();
+                        if v == "\u{0}NULL" {
+                            None
+                        } else {
+                            Some(v)
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+fn golden_path(n: usize) -> PathBuf {
+    tests::repo_root()
+        .join("tests/plans")
+        .join(format!("q{n:02}.txt"))
+}
+
+/// Makes a plan comparable across machines: the data path becomes `$DATA`.
+fn normalize_plan(plan: &str, data: &Path) -> String {
+    let mut text = plan.to_string();
+    let real = data.canonicalize().unwrap_or(data.to_path_buf());
+    for path in [real.display().to_string(), data.display().to_string()] {
+        text = text.replace(path.trim_start_matches('/'), "$DATA");
+    }
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_sf01_answers_distribution_and_plans() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::default())?;
+    cluster.wait_executors(2, Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let data = cluster.data_dir.join("tpch").join("sf0.1");
+    let reference = reference_context(&data).await?;
+    let bless = std::env::var_os("FLOTILLA_BLESS").is_some();
+    let mut failures = Vec::new();
+
+    for n in 1..=22 {
+        let sql = query_text(n)?;
+        let name = format!("q{n:02}");
+
+        // The staged plan, pinned as golden text.
+        let explain = simple_rows(&client, &format!("EXPLAIN {sql}")).await?;
+        let staged = explain
+            .iter()
+            .find(|r| r[0].as_deref() == Some("distributed_plan"))
+            .and_then(|r| r[1].clone())
+            .unwrap_or_default();
+        let staged = normalize_plan(&staged, &data);
+        if !staged.contains("Stage") {
+            failures.push(format!("{name}: EXPLAIN shows no stages:\n{staged}"));
+        }
+        let golden = golden_path(n);
+        if bless {
+            std::fs::write(&golden, &staged)?;
+        } else {
+            match std::fs::read_to_string(&golden) {
+                Ok(expected) if expected == staged => {}
+                Ok(expected) => failures.push(format!(
+                    "{name}: staged plan differs from {}\n--- expected\n{expected}\n--- actual\n{staged}",
+                    golden.display()
+                )),
+                Err(e) => failures.push(format!("{name}: {}: {e}", golden.display())),
+            }
+        }
+
+        // The answer, and who computed it.
+        let before = cluster.tasks_by_executor(&client).await?;
+        let actual = match simple_rows(&client, &sql).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                failures.push(format!("{name}: query failed: {e:?}"));
+                continue;
+            }
+        };
+        let after = cluster.tasks_by_executor(&client).await?;
+        let busy = after
+            .iter()
+            .filter(|(id, n)| {
+                before
+                    .iter()
+                    .find(|(b, _)| b == id)
+                    .map(|(_, m)| n > m)
+                    .unwrap_or(*n > 0)
+            })
+            .count();
+        if busy < 2 {
+            failures.push(format!(
+                "{name}: only {busy} executor(s) ran tasks (before {before:?}, after {after:?})"
+            ));
+        }
+
+        let (_, expected) = read_answer(
+            &tests::shared_dir()
+                .join("tpch/answers/sf0.1")
+                .join(format!("{name}.csv")),
+        )?;
+        if let Err(e) = compare(&expected, &actual) {
+            failures.push(format!("{name}: differs from the reference answer: {e}"));
+        }
+        let single = reference_rows(&reference, &sql).await?;
+        if let Err(e) = compare(&single, &actual) {
+            failures.push(format!(
+                "{name}: differs from single-process DataFusion: {e}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problem(s):\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    Ok(())
+}

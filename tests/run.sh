@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need,
+# builds the `flotilla` binary, runs every test. `.ci/run` calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+phase() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+phase "prerequisites"
+need_apt=()
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+if [ ! -d ../shared/tpch ] && [ -z "${FLOTILLA_SHARED:-}" ]; then
+  echo "../shared/tpch (TPC-H queries and answers) is missing beside the repository" >&2
+  exit 1
+fi
+
+phase "build"
+start=$(date +%s)
+cargo build --locked --bin flotilla
+echo "build: $(( $(date +%s) - start )) s"
+
+phase "tests"
+start=$(date +%s)
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast --retries 0
+else
+  cargo test --locked --workspace --no-fail-fast
+fi
+echo "tests: $(( $(date +%s) - start )) s"

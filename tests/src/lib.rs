@@ -1,0 +1,57 @@
+//! Test support: start real Flotilla processes and talk to them through real
+//! clients. Every server binds port 0 on 127.0.0.1 and is killed on drop.
+
+pub mod answers;
+pub mod cluster;
+pub mod pgraw;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `../shared` beside the repository: TPC-H queries and reference answers.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("FLOTILLA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("..").join("shared"))
+}
+
+/// The `flotilla` binary under test: `FLOTILLA_BIN`, else the one cargo built
+/// beside this test binary.
+pub fn flotilla_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("FLOTILLA_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/integration-<hash> -> target/<profile>/flotilla
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("flotilla");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --bin flotilla) or set FLOTILLA_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A data directory shared by the tests of one build, so TPC-H data is generated
+/// once (generation is safe against concurrent starts).
+pub fn shared_data_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("flotilla-test-data");
+    std::fs::create_dir_all(&dir).expect("create test data dir");
+    dir
+}
