@@ -23,7 +23,7 @@ fi
 
 phase "build"
 start=$(date +%s)
-cargo build --locked --bin flotilla
+cargo build --locked --workspace --all-targets
 echo "build: $(( $(date +%s) - start )) s"
 
 phase "tests"

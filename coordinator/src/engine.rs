@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, Expr as LogicalExpr, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{displayable, execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
@@ -139,6 +140,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(Arc::clone(&self.runtime))
             .with_default_features()
+            .with_analyzer_rule(Arc::new(sql::rules::WidenDecimalAvgRule))
             .with_catalog_list(Arc::clone(&self.catalog_list));
         let builder = flight::exchange::with_distributed_planning(
             builder,
@@ -401,7 +403,7 @@ impl Session {
             DFStatement::Statement(inner) => match inner.as_ref() {
                 SqlStatement::ShowVariable { variable } => {
                     let name = variable_name(variable);
-                    if is_engine_option(&name) {
+                    if is_engine_option(&dotted_name(variable)) {
                         return self.describe_plan(statement).await;
                     }
                     let key = canonical_setting(&name);
@@ -434,7 +436,12 @@ impl Session {
             .statement_to_plan(statement.clone())
             .await?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        let types = plan.get_parameter_types()?;
+        let mut types = plan.get_parameter_types()?;
+        for (id, cast_type) in placeholder_cast_types(&plan)? {
+            if let Some(slot @ None) = types.get_mut(&id) {
+                *slot = Some(cast_type);
+            }
+        }
         let mut params: Vec<(usize, Option<DataType>)> = types
             .into_iter()
             .filter_map(|(name, t)| {
@@ -521,7 +528,7 @@ impl Session {
             SqlStatement::Set(set) => self.set(set, params).await,
             SqlStatement::ShowVariable { variable } => {
                 let name = variable_name(&variable);
-                if is_engine_option(&name) {
+                if is_engine_option(&dotted_name(&variable)) {
                     let statement =
                         DFStatement::Statement(Box::new(SqlStatement::ShowVariable { variable }));
                     return self.run_plan(statement, params).await;
@@ -776,7 +783,9 @@ impl Session {
         flight::exchange::fit_task_limits(self.ctx.state_ref().write().config_mut(), live)?;
         let state = self.ctx.state();
         let physical = state.create_physical_plan(logical).await?;
-        if flight::exchange::reads_files(&physical) && live == 0 {
+        let needs_executors =
+            flight::exchange::is_distributed(&physical) || flight::exchange::reads_files(&physical);
+        if needs_executors && self.engine.registry.live().is_empty() {
             return Err(QueryError::NoExecutors);
         }
         Ok(physical)
@@ -826,6 +835,14 @@ fn variable_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String 
         .join(" ")
 }
 
+fn dotted_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+    variable
+        .iter()
+        .map(|i| i.value.clone())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The catalog key of a table name: unquoted parts lower-cased, the default
 /// catalog and schema dropped.
 fn table_key(name: &ObjectName) -> String {
@@ -846,6 +863,27 @@ fn table_key(name: &ObjectName) -> String {
         [schema, table] if *schema == DEFAULT_SCHEMA => table.to_string(),
         other => other.join("."),
     }
+}
+
+/// Types of placeholders written as `$n::type`: the type a client should bind.
+fn placeholder_cast_types(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
+    let mut found = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let (inner, field) = match e {
+                    LogicalExpr::Cast(c) => (c.expr.as_ref(), &c.field),
+                    LogicalExpr::TryCast(c) => (c.expr.as_ref(), &c.field),
+                    _ => return Ok(TreeNodeRecursion::Continue),
+                };
+                if let LogicalExpr::Placeholder(p) = inner {
+                    found.push((p.id.clone(), field.data_type().clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
 }
 
 /// The text of a `SET` value: strings unquoted, everything else as written.

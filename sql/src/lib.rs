@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod object_stores;
 pub mod policy;
+pub mod rules;
 pub mod session;
 pub mod tpch;
 

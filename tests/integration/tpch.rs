@@ -4,10 +4,12 @@
 //! files (`FLOTILLA_BLESS=1` rewrites them).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tests::answers::{compare, read_answer, Rows};
 use tests::cluster::{simple_rows, Cluster, ClusterOptions};
@@ -24,8 +26,15 @@ fn query_text(n: usize) -> Result<String> {
     Ok(text.trim().trim_end_matches(';').to_string())
 }
 
+/// Single-process DataFusion with Flotilla's planning rules: the same semantics,
+/// no distribution.
 async fn reference_context(data: &Path) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    let state = SessionStateBuilder::new()
+        .with_config(SessionConfig::new().with_target_partitions(2))
+        .with_default_features()
+        .with_analyzer_rule(Arc::new(sql::rules::WidenDecimalAvgRule))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     for table in TABLES {
         let location = format!("{}/", data.join(table).display());
         ctx.register_parquet(table, &location, ParquetReadOptions::default())
