@@ -10,11 +10,16 @@ phase "prerequisites"
 need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+# An S3-compatible server for the object-store tests.
+if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+  python3 -m pip install -q "moto[server]"
 fi
 if [ ! -d ../shared/tpch ] && [ -z "${FLOTILLA_SHARED:-}" ]; then
   echo "../shared/tpch (TPC-H queries and answers) is missing beside the repository" >&2

@@ -665,9 +665,7 @@ impl Session {
         };
         let default = setting_spec(&key).map(|s| s.2);
         let mut settings = self.lock_settings();
-        if value.eq_ignore_ascii_case("default") {
-            settings.values.remove(&key);
-        } else if Some(normalized.as_str()) == default {
+        if value.eq_ignore_ascii_case("default") || Some(normalized.as_str()) == default {
             settings.values.remove(&key);
         } else {
             settings.values.insert(key, normalized);
@@ -747,7 +745,8 @@ impl Session {
         let output = self
             .run_plan(DFStatement::CreateExternalTable(create), Vec::new())
             .await?;
-        if !temporary && !(existed && if_not_exists) {
+        let kept_old = existed && if_not_exists;
+        if !temporary && !kept_old {
             self.engine.persistent.upsert(CatalogEntry {
                 name: key,
                 create_sql,

@@ -3,6 +3,9 @@
 mod bad_input;
 mod catalog;
 mod layout;
+mod lifecycle;
+mod object_store;
+mod protocol;
 mod psql;
 mod slt;
 mod tpch;

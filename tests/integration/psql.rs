@@ -47,7 +47,7 @@ async fn psql_smoke() -> Result<()> {
     assert!(out.status.success(), "{out:?}");
     let revenue: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
     assert!(
-        (revenue - 11_803_420.2534).abs() < 1e-2,
+        (revenue - 11_803_420.253_4).abs() < 1e-2,
         "q06 revenue {revenue}"
     );
 

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 
 pub struct RawConnection {
     stream: TcpStream,
+    /// What the server sent during start-up, ReadyForQuery included.
+    pub startup: Vec<Message>,
 }
 
 /// One backend message: its type byte and body.
@@ -20,6 +22,24 @@ pub struct Message {
 }
 
 impl Message {
+    /// `(name, value)` of a ParameterStatus message.
+    pub fn parameter(&self) -> Option<(String, String)> {
+        if self.tag != b'S' {
+            return None;
+        }
+        let mut parts = self.body.split(|b| *b == 0);
+        let name = String::from_utf8_lossy(parts.next()?).to_string();
+        let value = String::from_utf8_lossy(parts.next()?).to_string();
+        Some((name, value))
+    }
+
+    /// The transaction status byte of a ReadyForQuery message.
+    pub fn ready_status(&self) -> Option<u8> {
+        (self.tag == b'Z')
+            .then(|| self.body.first().copied())
+            .flatten()
+    }
+
     /// The SQLSTATE of an ErrorResponse.
     pub fn sqlstate(&self) -> Option<String> {
         if self.tag != b'E' {
@@ -40,7 +60,10 @@ impl RawConnection {
     /// Connects and completes start-up (no authentication).
     pub async fn connect(port: u16) -> Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut conn = Self { stream };
+        let mut conn = Self {
+            stream,
+            startup: Vec::new(),
+        };
         let mut body = BytesMut::new();
         body.put_i32(196_608);
         for (k, v) in [("user", "flotilla"), ("database", "flotilla")] {
@@ -54,7 +77,7 @@ impl RawConnection {
         msg.put_i32(body.len() as i32 + 4);
         msg.put_slice(&body);
         conn.stream.write_all(&msg).await?;
-        conn.until_ready().await?;
+        conn.startup = conn.until_ready().await?;
         Ok(conn)
     }
 
