@@ -22,6 +22,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, Expr as LogicalExpr, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{displayable, execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement as DFStatement};
@@ -29,6 +30,7 @@ use datafusion::sql::sqlparser::ast::{
     Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement as SqlStatement, Value,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
 use sql::catalog::{CatalogEntry, PersistentCatalog};
 use sql::config::{FlotillaConfig, TableConfig};
 use sql::policy::DataRoots;
@@ -228,57 +230,38 @@ struct Settings {
     values: BTreeMap<String, String>,
 }
 
-/// Settings every session has: canonical lower-case key, display name, default.
-const SETTINGS: &[(&str, &str, &str)] = &[
-    ("application_name", "application_name", ""),
-    ("bytea_output", "bytea_output", "hex"),
-    ("client_encoding", "client_encoding", "UTF8"),
-    ("client_min_messages", "client_min_messages", "notice"),
-    ("datestyle", "DateStyle", "ISO, MDY"),
-    (
-        "default_transaction_isolation",
-        "default_transaction_isolation",
-        "read committed",
-    ),
-    (
-        "default_transaction_read_only",
-        "default_transaction_read_only",
-        "off",
-    ),
-    ("extra_float_digits", "extra_float_digits", "1"),
-    (
-        "idle_in_transaction_session_timeout",
-        "idle_in_transaction_session_timeout",
-        "0",
-    ),
-    ("integer_datetimes", "integer_datetimes", "on"),
-    ("intervalstyle", "IntervalStyle", "postgres"),
-    ("is_superuser", "is_superuser", "on"),
-    ("lc_collate", "lc_collate", "C"),
-    ("lc_ctype", "lc_ctype", "C"),
-    ("lc_messages", "lc_messages", "C"),
-    ("lc_monetary", "lc_monetary", "C"),
-    ("lc_numeric", "lc_numeric", "C"),
-    ("lc_time", "lc_time", "C"),
-    ("lock_timeout", "lock_timeout", "0"),
-    ("max_identifier_length", "max_identifier_length", "63"),
-    ("search_path", "search_path", "\"$user\", public"),
-    ("server_encoding", "server_encoding", "UTF8"),
-    ("server_version", "server_version", "16.6"),
-    ("server_version_num", "server_version_num", "160006"),
-    (
-        "standard_conforming_strings",
-        "standard_conforming_strings",
-        "on",
-    ),
-    ("statement_timeout", "statement_timeout", "0"),
-    ("timezone", "TimeZone", "Etc/UTC"),
-    (
-        "transaction_isolation",
-        "transaction_isolation",
-        "read committed",
-    ),
-    ("transaction_read_only", "transaction_read_only", "off"),
+/// Settings every session has: name as `SHOW` displays it, and default. The
+/// lookup key is the name in lower case.
+const SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+    ("client_min_messages", "notice"),
+    ("DateStyle", "ISO, MDY"),
+    ("default_transaction_isolation", "read committed"),
+    ("default_transaction_read_only", "off"),
+    ("extra_float_digits", "1"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("integer_datetimes", "on"),
+    ("IntervalStyle", "postgres"),
+    ("is_superuser", "on"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("lc_messages", "C"),
+    ("lc_monetary", "C"),
+    ("lc_numeric", "C"),
+    ("lc_time", "C"),
+    ("lock_timeout", "0"),
+    ("max_identifier_length", "63"),
+    ("search_path", "\"$user\", public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("TimeZone", "Etc/UTC"),
+    ("transaction_isolation", "read committed"),
+    ("transaction_read_only", "off"),
 ];
 
 /// Settings a client may not change (the server reports them).
@@ -303,8 +286,12 @@ fn canonical_setting(name: &str) -> String {
     }
 }
 
-fn setting_spec(key: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
-    SETTINGS.iter().find(|(k, _, _)| *k == key)
+/// `(display name, default)` of a known setting, by canonical key.
+fn setting_spec(key: &str) -> Option<(&'static str, &'static str)> {
+    SETTINGS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(key))
+        .copied()
 }
 
 /// Whether a dotted name belongs to DataFusion's (or the exchange layer's) options.
@@ -384,14 +371,22 @@ impl Session {
         }))
     }
 
-    /// Executes a prepared statement with its parameter values.
+    /// Executes a prepared statement with its parameter values. Rows come back in
+    /// the column types the statement was described with.
     pub async fn execute_prepared(
         &self,
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
-        self.execute_statement(prepared.statement.clone(), params)
-            .await
+        let output = self
+            .execute_statement(prepared.statement.clone(), params)
+            .await?;
+        match (output, &prepared.schema) {
+            (Output::Rows(stream), Some(described)) => {
+                Ok(Output::Rows(conform(stream, Arc::clone(described))?))
+            }
+            (output, _) => Ok(output),
+        }
     }
 
     /// Result columns and parameter types of a statement, without running it.
@@ -410,7 +405,7 @@ impl Session {
                     let column = if key == "all" {
                         return Ok((Some(show_all_schema()), vec![]));
                     } else {
-                        setting_spec(&key).map(|s| s.1.to_string()).unwrap_or(key)
+                        setting_spec(&key).map(|s| s.0.to_string()).unwrap_or(key)
                     };
                     Ok((Some(text_schema(&[&column])), vec![]))
                 }
@@ -663,7 +658,7 @@ impl Session {
             }
             _ => value.to_string(),
         };
-        let default = setting_spec(&key).map(|s| s.2);
+        let default = setting_spec(&key).map(|s| s.1);
         let mut settings = self.lock_settings();
         if value.eq_ignore_ascii_case("default") || Some(normalized.as_str()) == default {
             settings.values.remove(&key);
@@ -679,7 +674,7 @@ impl Session {
         if let Some(value) = self.lock_settings().values.get(&key) {
             return Some(value.clone());
         }
-        setting_spec(&key).map(|s| s.2.to_string())
+        setting_spec(&key).map(|s| s.1.to_string())
     }
 
     fn show(&self, name: &str) -> Result<Output> {
@@ -688,12 +683,12 @@ impl Session {
             let settings = self.lock_settings();
             let mut names = Vec::new();
             let mut values = Vec::new();
-            for (key, display, default) in SETTINGS {
+            for (display, default) in SETTINGS {
                 names.push(display.to_string());
                 values.push(
                     settings
                         .values
-                        .get(*key)
+                        .get(&display.to_ascii_lowercase())
                         .cloned()
                         .unwrap_or_else(|| default.to_string()),
                 );
@@ -708,11 +703,11 @@ impl Session {
                 ],
             );
         }
-        let display = setting_spec(&key).map(|s| s.1.to_string());
+        let display = setting_spec(&key).map(|s| s.0.to_string());
         let value = self.lock_settings().values.get(&key).cloned();
         let value = match (value, setting_spec(&key)) {
             (Some(v), _) => v,
-            (None, Some(spec)) => spec.2.to_string(),
+            (None, Some(spec)) => spec.1.to_string(),
             (None, None) => {
                 return Err(QueryError::UnknownSetting {
                     name: name.to_string(),
@@ -824,6 +819,44 @@ impl Session {
         let stream = execute_stream(physical, self.ctx.task_ctx())?;
         Ok(Output::Rows(stream))
     }
+}
+
+/// Casts a result stream to the column types a client was told about, where they
+/// differ (a statement described before its parameters were bound).
+fn conform(
+    stream: SendableRecordBatchStream,
+    described: SchemaRef,
+) -> Result<SendableRecordBatchStream> {
+    let actual = stream.schema();
+    let unchanged = actual.fields().len() != described.fields().len()
+        || actual
+            .fields()
+            .iter()
+            .zip(described.fields())
+            .all(|(a, d)| a.data_type() == d.data_type());
+    if unchanged {
+        return Ok(stream);
+    }
+    let target = Arc::new(Schema::new(
+        actual
+            .fields()
+            .iter()
+            .zip(described.fields())
+            .map(|(a, d)| Field::new(a.name(), d.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let out_schema = Arc::clone(&target);
+    let casted = stream.map(move |batch| {
+        let batch = batch?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&target), columns)?)
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, casted)))
 }
 
 fn variable_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {

@@ -31,6 +31,8 @@ pub enum QueryError {
     InvalidEncoding,
     #[error("could not bind parameter ${index}: {message}")]
     BadParameter { index: usize, message: String },
+    #[error("canceling statement due to user request")]
+    Cancelled,
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -50,6 +52,7 @@ impl QueryError {
                 ErrorKind::Unsupported
             }
             QueryError::Internal { .. } => ErrorKind::Internal,
+            QueryError::Cancelled => ErrorKind::Unavailable,
         }
     }
 }

@@ -1,9 +1,15 @@
 //! Wire-level behaviour real drivers check: ParameterStatus at start-up,
-//! BackendKeyData, transaction status in ReadyForQuery, multi-statement queries.
+//! BackendKeyData, transaction status in ReadyForQuery, multi-statement queries,
+//! binary results, typed parameters, CancelRequest.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tests::cluster::{Cluster, ClusterOptions};
+use chrono::{NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use tests::cluster::{simple_rows, sqlstate, Cluster, ClusterOptions};
 use tests::pgraw::{Message, RawConnection};
+use tokio_postgres::NoTls;
 
 fn count(messages: &[Message], tag: u8) -> usize {
     messages.iter().filter(|m| m.tag == tag).count()
@@ -76,5 +82,93 @@ async fn startup_transactions_and_multi_statement_queries() -> Result<()> {
     assert_eq!(count(&replies, b'I'), 1, "EmptyQueryResponse: {replies:?}");
     let replies = conn.query_bytes(b"-- nothing").await?;
     assert_eq!(count(&replies, b'I'), 1, "EmptyQueryResponse: {replies:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_and_typed_parameters() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions {
+        executors: 1,
+        tpch: None,
+        ..ClusterOptions::default()
+    })?;
+    let client = cluster.client().await?;
+    // tokio-postgres asks for every result column in binary.
+    let row = client
+        .query_one(
+            "select cast(1 as smallint), cast(2 as int), cast(3 as bigint), \
+             cast(1.5 as double), cast(2.5 as real), true, 'x', \
+             cast('2024-01-02' as date), cast('2024-01-02 03:04:05' as timestamp), \
+             cast(12.34 as decimal(10,2)), cast(null as bigint)",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i16>(0), 1);
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(row.get::<_, i64>(2), 3);
+    assert_eq!(row.get::<_, f64>(3), 1.5);
+    assert_eq!(row.get::<_, f32>(4), 2.5);
+    assert!(row.get::<_, bool>(5));
+    assert_eq!(row.get::<_, String>(6), "x");
+    let day = NaiveDate::from_ymd_opt(2024, 1, 2).expect("valid date");
+    assert_eq!(row.get::<_, NaiveDate>(7), day);
+    assert_eq!(
+        row.get::<_, NaiveDateTime>(8),
+        day.and_hms_opt(3, 4, 5).expect("valid time")
+    );
+    assert_eq!(row.get::<_, Decimal>(9), Decimal::new(1234, 2));
+    assert_eq!(row.get::<_, Option<i64>>(10), None);
+
+    // Typed parameters, sent in binary.
+    let row = client
+        .query_one(
+            "select $1::int + 1, $2::text || 'y', $3::double * 2, $4::date, $5::bool",
+            &[&41i32, &"x", &1.25f64, &day, &false],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 42);
+    assert_eq!(row.get::<_, String>(1), "xy");
+    assert_eq!(row.get::<_, f64>(2), 2.5);
+    assert_eq!(row.get::<_, NaiveDate>(3), day);
+    assert!(!row.get::<_, bool>(4));
+
+    // A named statement, executed twice with different values.
+    let statement = client.prepare("select $1::bigint * 2").await?;
+    for n in [1i64, 21] {
+        let row = client.query_one(&statement, &[&n]).await?;
+        assert_eq!(row.get::<_, i64>(0), n * 2);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_running_query() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::default())?;
+    cluster.wait_executors(2, Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let token = client.cancel_token();
+    // A join of 600k x 600k rows whose filter defeats statistics: it runs for hours.
+    let query = tokio::spawn(async move {
+        let result = client
+            .simple_query(
+                "select count(*) from lineitem a, lineitem b \
+                 where a.l_orderkey + b.l_orderkey < 0",
+            )
+            .await;
+        (client, result)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cancelled_at = Instant::now();
+    token.cancel_query(NoTls).await?;
+    let (client, result) = tokio::time::timeout(Duration::from_secs(10), query).await??;
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5));
+
+    // The connection and the cluster go on.
+    assert_eq!(
+        simple_rows(&client, "select count(*) from nation").await?,
+        vec![vec![Some("25".to_string())]]
+    );
     Ok(())
 }

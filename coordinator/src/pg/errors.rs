@@ -61,6 +61,7 @@ pub fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::InvalidEncoding => "22021",
         QueryError::BadParameter { .. } => "22P02",
         QueryError::Internal { .. } => "XX000",
+        QueryError::Cancelled => "57014",
     }
 }
 

@@ -9,11 +9,12 @@ pub mod encode;
 pub mod errors;
 mod params;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
@@ -33,9 +34,11 @@ use pgwire::api::{
     PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::extendedquery::{Parse, ParseComplete};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::engine::{Effect, Engine, Output, Prepared, Session};
@@ -82,7 +85,58 @@ pub async fn serve(
 /// The handlers pgwire calls; one instance serves every connection.
 pub struct PgHandlers {
     handler: Arc<PgHandler>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<PgCancelHandler>,
+}
+
+/// Key of a connection for CancelRequest: process id and secret key.
+type CancelKey = (i32, bytes::Bytes);
+
+/// Per-connection cancel signal: a counter bumped by each CancelRequest. A result
+/// stream stops when the counter moves past the value it started with, so a
+/// cancel reaches a query while its rows are still being produced, not only while
+/// it is being planned.
+#[derive(Debug)]
+struct CancelSignal(watch::Sender<u64>);
+
+/// Connections that can be cancelled.
+#[derive(Debug, Default)]
+struct CancelRegistry(Mutex<HashMap<CancelKey, Arc<CancelSignal>>>);
+
+impl CancelRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, Arc<CancelSignal>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a connection from the [`CancelRegistry`] when the connection ends.
+struct CancelGuard {
+    registry: Arc<CancelRegistry>,
+    key: CancelKey,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.key);
+    }
+}
+
+/// Answers CancelRequest: interrupts planning (pgwire's connection manager) and
+/// stops the result stream (our signal).
+pub struct PgCancelHandler {
+    inner: DefaultCancelHandler,
+    registry: Arc<CancelRegistry>,
+}
+
+#[async_trait]
+impl pgwire::api::cancel::CancelHandler for PgCancelHandler {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes());
+        let signal = self.registry.lock().get(&key).cloned();
+        if let Some(signal) = signal {
+            signal.0.send_modify(|n| *n += 1);
+        }
+        self.inner.on_cancel_request(request).await;
+    }
 }
 
 impl PgHandlers {
@@ -92,15 +146,20 @@ impl PgHandlers {
         parameters.server_version = SERVER_VERSION.to_string();
         parameters.date_style = "ISO, MDY".to_string();
         parameters.client_encoding = Some("UTF8".to_string());
+        let cancels = Arc::new(CancelRegistry::default());
         Self {
             handler: Arc::new(PgHandler {
                 engine,
                 manager: Arc::clone(&manager),
+                cancels: Arc::clone(&cancels),
                 parameters,
                 pids: RandomPidSecretKeyGenerator::default(),
                 parser: Arc::new(PgQueryParser),
             }),
-            cancel: Arc::new(DefaultCancelHandler::new(manager)),
+            cancel: Arc::new(PgCancelHandler {
+                inner: DefaultCancelHandler::new(manager),
+                registry: cancels,
+            }),
         }
     }
 }
@@ -126,6 +185,7 @@ impl PgWireServerHandlers for PgHandlers {
 pub struct PgHandler {
     engine: Arc<Engine>,
     manager: Arc<ConnectionManager>,
+    cancels: Arc<CancelRegistry>,
     parameters: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     parser: Arc<PgQueryParser>,
@@ -156,7 +216,19 @@ impl StartupHandler for PgHandler {
             save_startup_parameters_to_metadata(client, startup);
             let (pid, secret) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, secret.clone());
+            let key = (pid, secret.to_bytes());
             let (handle, guard) = self.manager.register(pid, secret);
+            let signal = Arc::new(CancelSignal(watch::channel(0).0));
+            self.cancels.lock().insert(key.clone(), Arc::clone(&signal));
+            client
+                .session_extensions()
+                .insert::<Arc<CancelSignal>>(signal);
+            client
+                .session_extensions()
+                .insert::<CancelGuard>(CancelGuard {
+                    registry: Arc::clone(&self.cancels),
+                    key,
+                });
             client
                 .session_extensions()
                 .insert::<Arc<ConnectionHandle>>(handle);
@@ -176,7 +248,13 @@ where
     C::PortalStore: PortalStore,
 {
     match output {
-        Output::Rows(stream) => Response::Query(query_response(stream, format)),
+        Output::Rows(stream) => {
+            let cancel = client
+                .session_extensions()
+                .get::<Arc<CancelSignal>>()
+                .map(|signal| signal.0.subscribe());
+            Response::Query(query_response(stream, format, cancel))
+        }
         Output::Command { tag, rows, effect } => {
             let mut tag = Tag::new(&tag);
             if let Some(rows) = rows {
@@ -216,19 +294,55 @@ where
     }
 }
 
-fn query_response(stream: SendableRecordBatchStream, format: &Format) -> QueryResponse {
+fn query_response(
+    stream: SendableRecordBatchStream,
+    format: &Format,
+    cancel: Option<watch::Receiver<u64>>,
+) -> QueryResponse {
     let fields = Arc::new(encode::field_infos(stream.schema().as_ref(), format));
     let row_fields = Arc::clone(&fields);
-    let rows = stream
+    let rows = cancellable(stream, cancel)
         .map(move |batch| match batch {
             Ok(batch) => match encode::encode_batch(&batch, &row_fields) {
                 Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => vec![Err(e)],
             },
-            Err(e) => vec![Err(pg_error(&QueryError::DataFusion(e)))],
+            Err(e) => vec![Err(pg_error(&e))],
         })
         .flat_map(stream::iter);
     QueryResponse::new(fields, rows)
+}
+
+/// Ends `stream` with [`QueryError::Cancelled`] when a CancelRequest arrives;
+/// dropping the DataFusion stream stops the query everywhere it runs.
+fn cancellable(
+    stream: SendableRecordBatchStream,
+    cancel: Option<watch::Receiver<u64>>,
+) -> impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send {
+    let mut cancel = cancel;
+    if let Some(rx) = cancel.as_mut() {
+        // Cancels that arrived before this query started are not for it.
+        rx.borrow_and_update();
+    }
+    stream::unfold(Some((stream, cancel)), |state| async move {
+        let (mut stream, mut cancel) = state?;
+        let next = match cancel.as_mut() {
+            Some(rx) => tokio::select! {
+                biased;
+                changed = rx.changed() => match changed {
+                    Ok(()) => return Some((Err(QueryError::Cancelled), None)),
+                    // The connection is gone; nobody can cancel any more.
+                    Err(_) => {
+                        cancel = None;
+                        stream.next().await
+                    }
+                },
+                item = stream.next() => item,
+            },
+            None => stream.next().await,
+        };
+        next.map(|item| (item.map_err(QueryError::from), Some((stream, cancel))))
+    })
 }
 
 #[async_trait]
