@@ -19,6 +19,8 @@ pub struct ClusterOptions {
     pub restart: bool,
     /// Data dir to use instead of a fresh temporary one (to restart on the same catalog).
     pub data_dir: Option<PathBuf>,
+    /// Partitions per task (fixed, so plans are the same on every machine).
+    pub target_partitions: usize,
 }
 
 impl Default for ClusterOptions {
@@ -29,6 +31,7 @@ impl Default for ClusterOptions {
             config: None,
             restart: true,
             data_dir: None,
+            target_partitions: 2,
         }
     }
 }
@@ -45,7 +48,9 @@ pub struct Cluster {
 
 /// Configuration every test cluster shares: fixed partition counts so plans and
 /// task counts are the same on every machine.
-pub const BASE_CONFIG: &str = "[query]\ntarget_partitions = 2\n";
+fn base_config(target_partitions: usize) -> String {
+    format!("[query]\ntarget_partitions = {target_partitions}\n")
+}
 
 impl Cluster {
     /// Starts `flotilla standalone` with a fresh data dir.
@@ -67,7 +72,7 @@ impl Cluster {
             std::os::unix::fs::symlink(&shared, data_dir.join("tpch"))?;
         }
         let config_path = data_dir.join("flotilla.toml");
-        let mut config = BASE_CONFIG.to_string();
+        let mut config = base_config(options.target_partitions);
         if let Some(extra) = &options.config {
             config.push_str(extra);
         }
@@ -94,7 +99,7 @@ impl Cluster {
     /// Starts `flotilla coordinator` alone (no executors) on `data_dir`.
     pub fn coordinator_only(data_dir: &Path, config: &str) -> Result<Self> {
         let config_path = data_dir.join("coordinator.toml");
-        std::fs::write(&config_path, format!("{BASE_CONFIG}{config}"))?;
+        std::fs::write(&config_path, format!("{}{config}", base_config(2)))?;
         let mut command = Command::new(crate::flotilla_bin());
         command
             .arg("coordinator")
@@ -143,12 +148,16 @@ impl Cluster {
                 }
             }
         });
-        let port = match rx.recv_timeout(ready_timeout) {
-            Ok(port) => port,
-            Err(_) => {
+        let deadline = Instant::now() + ready_timeout;
+        let port = loop {
+            if let Ok(port) = rx.recv_timeout(Duration::from_millis(100)) {
+                break port;
+            }
+            let exited = child.try_wait()?;
+            if exited.is_some() || Instant::now() > deadline {
                 let _ = child.kill();
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("flotilla did not become ready in {ready_timeout:?}; log:\n{text}");
+                bail!("flotilla did not become ready (exit: {exited:?}); log:\n{text}");
             }
         };
         Ok(Self {

@@ -28,13 +28,7 @@ pub fn flotilla_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("FLOTILLA_BIN") {
         return PathBuf::from(bin);
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/integration-<hash> -> target/<profile>/flotilla
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("flotilla");
+    let bin = profile_dir().join("flotilla");
     assert!(
         bin.exists(),
         "{} not found: build it first (cargo build --bin flotilla) or set FLOTILLA_BIN",
@@ -46,12 +40,19 @@ pub fn flotilla_bin() -> PathBuf {
 /// A data directory shared by the tests of one build, so TPC-H data is generated
 /// once (generation is safe against concurrent starts).
 pub fn shared_data_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("flotilla-test-data");
+    let dir = profile_dir().join("flotilla-test-data");
     std::fs::create_dir_all(&dir).expect("create test data dir");
     dir
+}
+
+/// `target/<profile>`: where cargo put this executable (tests live one level
+/// down, in `deps/`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }

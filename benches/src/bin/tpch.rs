@@ -68,9 +68,10 @@ async fn main() -> Result<()> {
     let cluster = Cluster::standalone(ClusterOptions {
         executors: args.executors,
         tpch: Some(args.sf),
-        config: Some(format!("[query]\ntarget_partitions = {}\n", args.threads)),
+        config: None,
         restart: false,
         data_dir: Some(data_dir.clone()),
+        target_partitions: args.threads,
     })?;
     cluster
         .wait_executors(args.executors, Duration::from_secs(60))
