@@ -55,6 +55,16 @@ async fn startup_transactions_and_multi_statement_queries() -> Result<()> {
     assert_eq!(count(&conn.startup, b'K'), 1, "BackendKeyData");
     assert_eq!(status(&conn.startup), Some(b'I'));
 
+    // Encryption requests are declined (no TLS configured) and start-up goes on.
+    let (mut other, answers) =
+        RawConnection::connect_after(cluster.pg_port, &[80877104, 80877103]).await?;
+    assert_eq!(answers, b"NN".to_vec());
+    assert!(other
+        .query_bytes(b"select 1")
+        .await?
+        .iter()
+        .any(|m| m.tag == b'D'));
+
     // Transaction status follows BEGIN, errors and ROLLBACK.
     assert_eq!(status(&conn.query_bytes(b"BEGIN").await?), Some(b'T'));
     assert_eq!(status(&conn.query_bytes(b"select 1").await?), Some(b'T'));

@@ -59,7 +59,21 @@ impl Message {
 impl RawConnection {
     /// Connects and completes start-up (no authentication).
     pub async fn connect(port: u16) -> Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        Ok(Self::connect_after(port, &[]).await?.0)
+    }
+
+    /// Sends each negotiation request (SSLRequest 80877103, GSSENCRequest
+    /// 80877104) and reads its one-byte answer, then completes start-up.
+    pub async fn connect_after(port: u16, requests: &[i32]) -> Result<(Self, Vec<u8>)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut answers = Vec::new();
+        for code in requests {
+            let mut msg = BytesMut::new();
+            msg.put_i32(8);
+            msg.put_i32(*code);
+            stream.write_all(&msg).await?;
+            answers.push(stream.read_u8().await?);
+        }
         let mut conn = Self {
             stream,
             startup: Vec::new(),
@@ -78,7 +92,7 @@ impl RawConnection {
         msg.put_slice(&body);
         conn.stream.write_all(&msg).await?;
         conn.startup = conn.until_ready().await?;
-        Ok(conn)
+        Ok((conn, answers))
     }
 
     /// Sends a message with a type byte.
