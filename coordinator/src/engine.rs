@@ -397,8 +397,8 @@ impl Session {
         match statement {
             DFStatement::Statement(inner) => match inner.as_ref() {
                 SqlStatement::ShowVariable { variable } => {
-                    let name = variable_name(variable);
-                    if is_engine_option(&dotted_name(variable)) {
+                    let name = join_idents(variable, " ");
+                    if is_engine_option(&join_idents(variable, ".")) {
                         return self.describe_plan(statement).await;
                     }
                     let key = canonical_setting(&name);
@@ -522,8 +522,8 @@ impl Session {
             }
             SqlStatement::Set(set) => self.set(set, params).await,
             SqlStatement::ShowVariable { variable } => {
-                let name = variable_name(&variable);
-                if is_engine_option(&dotted_name(&variable)) {
+                let name = join_idents(&variable, " ");
+                if is_engine_option(&join_idents(&variable, ".")) {
                     let statement =
                         DFStatement::Statement(Box::new(SqlStatement::ShowVariable { variable }));
                     return self.run_plan(statement, params).await;
@@ -859,20 +859,14 @@ fn conform(
     Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, casted)))
 }
 
-fn variable_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+/// A `SHOW` variable's words joined by `separator`: `" "` for Postgres names
+/// (`transaction isolation level`), `"."` for engine options.
+fn join_idents(variable: &[datafusion::sql::sqlparser::ast::Ident], separator: &str) -> String {
     variable
         .iter()
-        .map(|i| i.value.clone())
+        .map(|i| i.value.as_str())
         .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn dotted_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
-    variable
-        .iter()
-        .map(|i| i.value.clone())
-        .collect::<Vec<_>>()
-        .join(".")
+        .join(separator)
 }
 
 /// The catalog key of a table name: unquoted parts lower-cased, the default

@@ -74,11 +74,7 @@ async fn errors_carry_sqlstates_and_the_connection_survives() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_and_unknown_statements_on_the_raw_protocol() -> Result<()> {
-    let cluster = Cluster::standalone(ClusterOptions {
-        executors: 1,
-        tpch: None,
-        ..ClusterOptions::default()
-    })?;
+    let cluster = Cluster::standalone(ClusterOptions::minimal())?;
     let mut conn = RawConnection::connect(cluster.pg_port).await?;
 
     let replies = conn.query_bytes(b"select 'caf\xe9'").await?;

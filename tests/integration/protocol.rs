@@ -21,11 +21,7 @@ fn status(messages: &[Message]) -> Option<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_transactions_and_multi_statement_queries() -> Result<()> {
-    let cluster = Cluster::standalone(ClusterOptions {
-        executors: 1,
-        tpch: None,
-        ..ClusterOptions::default()
-    })?;
+    let cluster = Cluster::standalone(ClusterOptions::minimal())?;
     let mut conn = RawConnection::connect(cluster.pg_port).await?;
 
     let params: std::collections::HashMap<String, String> =
@@ -97,11 +93,7 @@ async fn startup_transactions_and_multi_statement_queries() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_results_and_typed_parameters() -> Result<()> {
-    let cluster = Cluster::standalone(ClusterOptions {
-        executors: 1,
-        tpch: None,
-        ..ClusterOptions::default()
-    })?;
+    let cluster = Cluster::standalone(ClusterOptions::minimal())?;
     let client = cluster.client().await?;
     // tokio-postgres asks for every result column in binary.
     let row = client

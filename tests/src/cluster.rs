@@ -36,6 +36,17 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// One executor and no TPC-H data: for tests of the protocol, not of queries.
+    pub fn minimal() -> Self {
+        Self {
+            executors: 1,
+            tpch: None,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running `flotilla standalone` (or `coordinator`) process; stopped on drop.
 pub struct Cluster {
     child: Child,
