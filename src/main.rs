@@ -226,6 +226,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let supervisor = tokio::spawn(supervise(
         args.executors,
         !args.no_restart,
+        args.config.clone(),
         addrs_rx,
         stop_rx,
         Arc::clone(&stopping),
@@ -266,6 +267,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
 async fn supervise(
     count: usize,
     restart: bool,
+    config: Option<PathBuf>,
     addrs: tokio::sync::oneshot::Receiver<coordinator::CoordinatorAddrs>,
     mut stop: watch::Receiver<bool>,
     stopping: Arc<AtomicBool>,
@@ -279,7 +281,7 @@ async fn supervise(
     let mut started: Vec<Instant> = vec![Instant::now(); count];
     let mut backoff: Vec<Duration> = vec![RESTART_BACKOFF_MIN; count];
     for slot in 0..count {
-        children.push(spawn_executor(slot, &url));
+        children.push(spawn_executor(slot, &url, config.as_ref()));
     }
     let mut watchers = tokio::task::JoinSet::new();
     let mut pids: Vec<Option<u32>> = children
@@ -313,7 +315,7 @@ async fn supervise(
                 if stopping.load(Ordering::SeqCst) {
                     continue;
                 }
-                if let Some(child) = spawn_executor(slot, &url) {
+                if let Some(child) = spawn_executor(slot, &url, config.as_ref()) {
                     pids[slot] = child.id();
                     started[slot] = Instant::now();
                     watchers.spawn(wait_child(slot, child, exit_tx.clone()));
@@ -362,7 +364,9 @@ fn signal_pid(pid: u32, signal: i32) {
     }
 }
 
-fn spawn_executor(slot: usize, coordinator_url: &str) -> Option<Child> {
+/// Starts one executor child; it reads the [executor] section of the same
+/// configuration file, if there is one.
+fn spawn_executor(slot: usize, coordinator_url: &str, config: Option<&PathBuf>) -> Option<Child> {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
@@ -381,6 +385,9 @@ fn spawn_executor(slot: usize, coordinator_url: &str) -> Option<Child> {
         .arg(format!("executor-{}", slot + 1))
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(path) = config {
+        command.arg("--config").arg(path);
+    }
     // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGTERM the child if
     // this process dies, so executors never outlive their standalone parent.
     unsafe {

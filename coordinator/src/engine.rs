@@ -69,7 +69,7 @@ impl Engine {
         let object_stores = Arc::new(sql::object_stores::LazyObjectStoreRegistry::new(
             config.object_store.clone(),
         ));
-        let runtime = sql::session::runtime_env(object_stores, None)?;
+        let runtime = sql::session::runtime_env(object_stores, None, None)?;
         let bootstrap = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_config(sql::session::session_config(&config))

@@ -104,6 +104,7 @@ pub async fn run(
     let runtime = sql::session::runtime_env(
         Arc::clone(&object_stores),
         options.config.memory_limit_bytes,
+        options.config.spill_dir.as_deref(),
     )?;
     let worker = ExchangeWorker::new(runtime);
     let counters = worker.counters();

@@ -1,5 +1,6 @@
 //! The DataFusion session settings every Flotilla process shares.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -30,14 +31,19 @@ pub fn session_config(config: &FlotillaConfig) -> SessionConfig {
     cfg
 }
 
-/// A runtime whose object stores come from `registry`.
+/// A runtime whose object stores come from `registry`, with an optional memory
+/// pool size and spill directory.
 pub fn runtime_env(
     registry: Arc<LazyObjectStoreRegistry>,
     memory_limit_bytes: Option<usize>,
+    spill_dir: Option<&Path>,
 ) -> Result<Arc<RuntimeEnv>> {
     let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(registry);
     if let Some(limit) = memory_limit_bytes {
         builder = builder.with_memory_limit(limit, 1.0);
+    }
+    if let Some(dir) = spill_dir {
+        builder = builder.with_temp_file_path(dir);
     }
     Ok(builder.build_arc()?)
 }
