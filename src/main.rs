@@ -114,14 +114,38 @@ fn main() -> Result<()> {
         .thread_name("flotilla")
         .build()
         .context("building the runtime")?;
-    runtime.block_on(async move {
+    // Executors run plan fragments on a second runtime, so that operator work
+    // cannot starve heartbeats and signal handling on the first.
+    let data_plane = match cli.role {
+        Role::Executor(_) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("flotilla-data")
+                .build()
+                .context("building the data-plane runtime")?,
+        ),
+        _ => None,
+    };
+    let data_handle = data_plane.as_ref().map(|rt| rt.handle().clone());
+    let result = runtime.block_on(async move {
         match cli.role {
             Role::Standalone(args) => standalone(args).await,
             Role::Coordinator(args) => coordinator(args).await,
-            Role::Executor(args) => executor(args).await,
+            Role::Executor(args) => executor(args, data_handle.expect("data-plane runtime")).await,
         }
-    })
+    });
+    if let Some(data_plane) = data_plane {
+        // Fragments still running belong to a stopped executor: do not wait.
+        data_plane.shutdown_background();
+    }
+    // Operator work that never yields would hold a plain runtime drop forever;
+    // the role has already stopped its services, so give tasks a moment and go.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long tasks may run on after a role has stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn load_config(path: Option<&PathBuf>) -> Result<FlotillaConfig> {
     Ok(match path {
@@ -169,7 +193,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     Ok(())
 }
 
-async fn executor(args: ExecutorArgs) -> Result<()> {
+async fn executor(args: ExecutorArgs, data_plane: tokio::runtime::Handle) -> Result<()> {
     let config = load_config(args.config.as_ref())?;
     let mut executor_config = config.executor;
     if let Some(addr) = args.listen {
@@ -185,6 +209,7 @@ async fn executor(args: ExecutorArgs) -> Result<()> {
             advertise_url: args.advertise_url,
             config: executor_config,
         },
+        data_plane,
         termination(),
     )
     .await?;

@@ -73,15 +73,20 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait between registration attempts while the coordinator cannot be reached.
 const REGISTER_RETRY: Duration = Duration::from_millis(200);
 
-/// Runs an executor until `shutdown` resolves.
+/// Runs an executor until `shutdown` resolves. Plan fragments run on `data_plane`,
+/// a runtime of their own: operator work that does not yield can starve only
+/// other operator work there, never the heartbeats and signal handling of the
+/// runtime this function runs on.
 pub async fn run(
     options: ExecutorOptions,
+    data_plane: tokio::runtime::Handle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ExecutorError> {
-    let listener = TcpListener::bind(options.config.listen)
-        .await
+    let listen = options.config.listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| ExecutorError::Listen {
-            addr: options.config.listen,
+            addr: listen,
             source,
         })?;
     let local = listener
@@ -115,12 +120,16 @@ pub async fn run(
     let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
     let router = worker.router(&mut server).add_service(stats);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let serve = data_plane.spawn(async move {
+        // The listener belongs to the runtime that polls it.
+        let listener = TcpListener::from_std(listener)?;
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop_rx.await;
+            })
+            .await
+            .map_err(std::io::Error::other)
+    });
     tracing::info!(executor_id, worker_url, "executor listening");
 
     let coordinator =

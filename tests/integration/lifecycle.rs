@@ -5,18 +5,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tests::cluster::{simple_rows, Cluster, ClusterOptions};
 
-/// Whether a process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_everything_without_orphans() -> Result<()> {
     let mut cluster = Cluster::standalone(ClusterOptions {
@@ -32,13 +20,13 @@ async fn sigterm_stops_everything_without_orphans() -> Result<()> {
         .filter_map(|r| r[0].as_deref().and_then(|p| p.parse().ok()))
         .collect();
     assert_eq!(pids.len(), 2);
-    assert!(pids.iter().all(|p| alive(*p)));
+    assert!(pids.iter().all(|p| tests::process_alive(*p)));
     drop(client);
 
     let status = cluster.stop()?;
     assert!(status.success(), "standalone exited with {status:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| alive(*p)) {
+    while pids.iter().any(|p| tests::process_alive(*p)) {
         assert!(
             Instant::now() < deadline,
             "executors outlived the coordinator: {pids:?}"

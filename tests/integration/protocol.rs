@@ -145,7 +145,7 @@ async fn binary_results_and_typed_parameters() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_stops_a_running_query() -> Result<()> {
-    let cluster = Cluster::standalone(ClusterOptions::default())?;
+    let mut cluster = Cluster::standalone(ClusterOptions::default())?;
     cluster.wait_executors(2, Duration::from_secs(60)).await?;
     let client = cluster.client().await?;
     let token = client.cancel_token();
@@ -172,5 +172,23 @@ async fn cancel_request_stops_a_running_query() -> Result<()> {
         simple_rows(&client, "select count(*) from nation").await?,
         vec![vec![Some("25".to_string())]]
     );
+
+    // Stopping the cluster stops executors that may still be busy with the
+    // cancelled work.
+    let pids: Vec<i32> = simple_rows(&client, "select pid from flotilla.executors")
+        .await?
+        .into_iter()
+        .filter_map(|r| r[0].as_deref().and_then(|p| p.parse().ok()))
+        .collect();
+    drop(client);
+    cluster.stop()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pids.iter().any(|p| tests::process_alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "executors {pids:?} outlived the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
