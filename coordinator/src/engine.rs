@@ -130,10 +130,6 @@ impl Engine {
         &self.registry
     }
 
-    pub fn config(&self) -> &FlotillaConfig {
-        &self.config
-    }
-
     /// A new session for one connection.
     pub fn session(self: &Arc<Self>) -> Result<Session> {
         let mut config = sql::session::session_config(&self.config);
@@ -666,15 +662,6 @@ impl Session {
             settings.values.insert(key, normalized);
         }
         Ok(())
-    }
-
-    /// The value a session setting has now (`None` for an unknown name).
-    pub fn setting(&self, name: &str) -> Option<String> {
-        let key = canonical_setting(name);
-        if let Some(value) = self.lock_settings().values.get(&key) {
-            return Some(value.clone());
-        }
-        setting_spec(&key).map(|s| s.1.to_string())
     }
 
     fn show(&self, name: &str) -> Result<Output> {

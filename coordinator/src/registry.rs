@@ -160,11 +160,6 @@ impl ExecutorRegistry {
         dead
     }
 
-    /// Removes an executor that was found dead some other way (e.g. a failed call).
-    pub fn mark_dead(&self, executor_id: &str) {
-        self.deregister(executor_id);
-    }
-
     /// Expires silent executors until the returned task is aborted.
     pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
         let registry = self.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
-use tests::cluster::{simple_rows, sqlstate, Cluster, ClusterOptions};
+use tests::cluster::{simple_rows, sqlstate, wait_exited, Cluster, ClusterOptions};
 use tests::pgraw::{Message, RawConnection};
 use tokio_postgres::NoTls;
 
@@ -175,20 +175,8 @@ async fn cancel_request_stops_a_running_query() -> Result<()> {
 
     // Stopping the cluster stops executors that may still be busy with the
     // cancelled work.
-    let pids: Vec<i32> = simple_rows(&client, "select pid from flotilla.executors")
-        .await?
-        .into_iter()
-        .filter_map(|r| r[0].as_deref().and_then(|p| p.parse().ok()))
-        .collect();
+    let pids = cluster.executor_pids(&client).await?;
     drop(client);
     cluster.stop()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pids.iter().any(|p| tests::process_alive(*p)) {
-        assert!(
-            Instant::now() < deadline,
-            "executors {pids:?} outlived the cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    wait_exited(&pids, Duration::from_secs(15)).await
 }

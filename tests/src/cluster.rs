@@ -217,9 +217,13 @@ impl Cluster {
             .collect()
     }
 
-    /// Process id of the server process.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Process ids of the registered executors.
+    pub async fn executor_pids(&self, client: &Client) -> Result<Vec<i32>> {
+        Ok(simple_rows(client, "select pid from flotilla.executors")
+            .await?
+            .into_iter()
+            .filter_map(|r| r[0].as_deref().and_then(|p| p.parse().ok()))
+            .collect())
     }
 
     /// The server log so far.
@@ -303,4 +307,16 @@ pub async fn simple_rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<St
 /// The SQLSTATE of an error from tokio-postgres.
 pub fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
     error.code().map(|c| c.code().to_string())
+}
+
+/// Waits until none of `pids` is alive; fails after `timeout`.
+pub async fn wait_exited(pids: &[i32], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while pids.iter().any(|p| crate::process_alive(*p)) {
+        if Instant::now() > deadline {
+            bail!("processes {pids:?} still alive after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
