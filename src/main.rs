@@ -47,6 +47,9 @@ struct StandaloneArgs {
     /// Postgres wire protocol address.
     #[arg(long)]
     pg_listen: Option<SocketAddr>,
+    /// Arrow Flight SQL address (default 127.0.0.1:50051).
+    #[arg(long)]
+    flight_listen: Option<SocketAddr>,
     /// Where the catalog and generated data live (default: ./flotilla-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -69,6 +72,9 @@ struct CoordinatorArgs {
     /// Postgres wire protocol address (overrides the file).
     #[arg(long)]
     pg_listen: Option<SocketAddr>,
+    /// Arrow Flight SQL address (overrides the file; default 127.0.0.1:50051).
+    #[arg(long)]
+    flight_listen: Option<SocketAddr>,
     /// Control-plane address executors register with (overrides the file).
     #[arg(long)]
     control_listen: Option<SocketAddr>,
@@ -170,6 +176,9 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if let Some(addr) = args.pg_listen {
         config.coordinator.pg_listen = addr;
     }
+    if let Some(addr) = args.flight_listen {
+        config.coordinator.flight_listen = addr;
+    }
     if let Some(addr) = args.control_listen {
         config.coordinator.control_listen = addr;
     }
@@ -182,8 +191,9 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         Vec::new(),
         |addrs| {
             println!(
-                "coordinator ready: postgres on {}, executors register at {}",
+                "coordinator ready: postgres on {}, Flight SQL on grpc://{}, executors register at {}",
                 addrs.pg,
+                addrs.flight,
                 addrs.control_url()
             );
         },
@@ -220,6 +230,9 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let mut config = load_config(args.config.as_ref())?;
     if let Some(addr) = args.pg_listen {
         config.coordinator.pg_listen = addr;
+    }
+    if let Some(addr) = args.flight_listen {
+        config.coordinator.flight_listen = addr;
     }
     if let Some(dir) = &args.data_dir {
         config.coordinator.data_dir = dir.clone();
@@ -271,7 +284,9 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         move |addrs| {
             println!(
                 "Flotilla standalone: coordinator and {executors} executors.\n\
+                 Flight SQL: grpc://{}\n\
                  Connect with: psql -h {} -p {} -U flotilla",
+                addrs.flight,
                 addrs.pg.ip(),
                 addrs.pg.port()
             );

@@ -130,6 +130,23 @@ impl Engine {
         &self.registry
     }
 
+    pub fn config(&self) -> &FlotillaConfig {
+        &self.config
+    }
+
+    /// Every catalog, schema and table clients can see.
+    pub fn catalog_list(&self) -> &Arc<dyn CatalogProviderList> {
+        &self.catalog_list
+    }
+
+    /// Names of the scalar functions a session can call.
+    pub fn function_names(&self) -> Vec<String> {
+        let state = SessionStateBuilder::new().with_default_features().build();
+        let mut names: Vec<String> = state.scalar_functions().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// A new session for one connection.
     pub fn session(self: &Arc<Self>) -> Result<Session> {
         let mut config = sql::session::session_config(&self.config);
@@ -421,12 +438,18 @@ impl Session {
         &self,
         statement: &DFStatement,
     ) -> Result<(Option<SchemaRef>, Vec<Option<DataType>>)> {
-        let plan = self
-            .ctx
-            .state()
-            .statement_to_plan(statement.clone())
-            .await?;
-        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement.clone()).await?;
+        // The analyzer's rules (type coercion, the widened decimal avg) decide
+        // the column types rows will have; describe those, not the raw plan's.
+        let analyzed =
+            state
+                .analyzer()
+                .execute_and_check(plan.clone(), state.config_options(), |_, _| {});
+        let schema = match &analyzed {
+            Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
+            Err(_) => Arc::new(plan.schema().as_arrow().clone()),
+        };
         let mut types = plan.get_parameter_types()?;
         for (id, cast_type) in placeholder_cast_types(&plan)? {
             if let Some(slot @ None) = types.get_mut(&id) {

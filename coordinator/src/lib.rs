@@ -1,8 +1,10 @@
 //! The coordinator role: the Postgres front door, the query lifecycle, the
 //! executor registry and the control plane executors register with.
 
+pub mod auth;
 pub mod engine;
 pub mod error;
+pub mod flight_sql;
 pub mod pg;
 pub mod registry;
 pub mod system;
@@ -22,6 +24,7 @@ pub use error::{QueryError, Result};
 #[derive(Debug, Clone, Copy)]
 pub struct CoordinatorAddrs {
     pub pg: SocketAddr,
+    pub flight: SocketAddr,
     pub control: SocketAddr,
 }
 
@@ -48,11 +51,16 @@ pub async fn run(
             })
     };
     let pg_listener = bind(config.coordinator.pg_listen).await?;
+    let flight_listener = bind(config.coordinator.flight_listen).await?;
     let control_listener = bind(config.coordinator.control_listen).await?;
-    let addrs = CoordinatorAddrs {
-        pg: pg_listener.local_addr().map_err(|e| QueryError::Internal {
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|e| QueryError::Internal {
             message: e.to_string(),
-        })?,
+        })
+    };
+    let addrs = CoordinatorAddrs {
+        pg: local(&pg_listener)?,
+        flight: local(&flight_listener)?,
         control: control_listener
             .local_addr()
             .map_err(|e| QueryError::Internal {
@@ -77,8 +85,33 @@ pub async fn run(
     let reaper = registry.spawn_reaper();
     let engine = engine::Engine::start(config, registry, trusted_tables).await?;
 
+    let users = Arc::new(auth::Users::from_config(engine.config()));
+    let tokens = Arc::new(auth::Tokens::new(engine.config().auth.token_ttl));
+    let tls = engine.config().tls.clone();
+    let pg_tls = match &tls {
+        Some(tls) => Some(pg::tls_acceptor(tls)?),
+        None => None,
+    };
+    let flight_router = flight_sql::router(
+        Arc::clone(&engine),
+        Arc::clone(&users),
+        tokens,
+        tls.as_ref(),
+    )?;
+    let (stop_flight, flight_stopped) = tokio::sync::oneshot::channel::<()>();
+    let flight = tokio::spawn(flight_sql::serve(
+        flight_router,
+        flight_listener,
+        async move {
+            let _ = flight_stopped.await;
+        },
+    ));
+
     on_ready(addrs);
-    pg::serve(pg_listener, engine, shutdown).await;
+    pg::serve(pg_listener, engine, users, pg_tls, shutdown).await;
+
+    let _ = stop_flight.send(());
+    let _ = flight.await;
 
     reaper.abort();
     let _ = stop_control.send(());

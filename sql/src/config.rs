@@ -24,6 +24,11 @@ pub struct FlotillaConfig {
     pub query: QueryConfig,
     #[serde(default)]
     pub object_store: ObjectStoreConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Certificates for TLS on both front doors; absent means plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Tables registered at start-up, in addition to those in the persisted catalog.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
@@ -34,6 +39,8 @@ pub struct FlotillaConfig {
 pub struct CoordinatorConfig {
     /// Address of the Postgres wire protocol listener.
     pub pg_listen: SocketAddr,
+    /// Address of the Arrow Flight SQL listener.
+    pub flight_listen: SocketAddr,
     /// Address of the control plane that executors register with.
     pub control_listen: SocketAddr,
     /// Where the catalog (and generated data) is kept.
@@ -52,6 +59,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             pg_listen: "127.0.0.1:5432".parse().expect("valid default address"),
+            flight_listen: "127.0.0.1:50051".parse().expect("valid default address"),
             control_listen: "127.0.0.1:0".parse().expect("valid default address"),
             data_dir: PathBuf::from("flotilla-data"),
             data_roots: Vec::new(),
@@ -124,6 +132,57 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Allow plain `http://` endpoints (local S3-compatible servers).
     pub allow_http: bool,
+}
+
+/// How clients prove who they are, on both front doors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `trust`, `scram-sha-256`, `password` (cleartext; use with TLS) or `md5`.
+    /// Unset: `scram-sha-256` when users are configured, else `trust`, which is
+    /// refused unless both listeners are on loopback.
+    pub method: Option<AuthMethod>,
+    /// How long a Flight SQL bearer token stays valid after the handshake.
+    #[serde(with = "duration_text")]
+    pub token_ttl: Duration,
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            method: None,
+            token_ttl: Duration::from_secs(3600),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// How a Postgres client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Trust,
+    ScramSha256,
+    Password,
+    Md5,
+}
+
+/// One user allowed to connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A file format Flotilla can read.
@@ -208,6 +267,34 @@ impl FlotillaConfig {
                 self.query.exchange_compression
             )));
         }
+        let mut users = std::collections::HashSet::new();
+        for user in &self.auth.users {
+            if user.name.is_empty() {
+                return Err(bad("auth.user name must not be empty".into()));
+            }
+            if !users.insert(user.name.as_str()) {
+                return Err(bad(format!("user '{}' is declared twice", user.name)));
+            }
+        }
+        let method = self.auth_method();
+        if method != AuthMethod::Trust && self.auth.users.is_empty() {
+            return Err(bad(format!(
+                "auth.method {method:?} needs at least one [[auth.user]]"
+            )));
+        }
+        if self.auth.method.is_none()
+            && method == AuthMethod::Trust
+            && !(self.coordinator.pg_listen.ip().is_loopback()
+                && self.coordinator.flight_listen.ip().is_loopback())
+        {
+            return Err(bad(
+                "listening beyond loopback needs [[auth.user]] entries or an explicit auth.method = \"trust\""
+                    .into(),
+            ));
+        }
+        if self.auth.token_ttl.is_zero() {
+            return Err(bad("auth.token_ttl must be above zero".into()));
+        }
         let mut seen = std::collections::HashSet::new();
         for table in &self.tables {
             if !is_identifier(&table.name) {
@@ -221,6 +308,15 @@ impl FlotillaConfig {
             }
         }
         Ok(())
+    }
+
+    /// The authentication method in force (see [`AuthConfig::method`]).
+    pub fn auth_method(&self) -> AuthMethod {
+        match self.auth.method {
+            Some(method) => method,
+            None if self.auth.users.is_empty() => AuthMethod::Trust,
+            None => AuthMethod::ScramSha256,
+        }
     }
 
     /// The data roots in force: the configured ones, or the data dir alone.
@@ -313,6 +409,21 @@ mod tests {
         assert_eq!(config.tables[0].format, FileFormat::Csv);
         assert_eq!(config.target_partitions(), 4);
         assert!(config.object_store.s3.unwrap().allow_http);
+    }
+
+    #[test]
+    fn auth_defaults_and_checks() {
+        let none = FlotillaConfig::from_toml("", "test").unwrap();
+        assert_eq!(none.auth_method(), AuthMethod::Trust);
+        let users = "[[auth.user]]\nname = \"u\"\npassword = \"p\"\n";
+        let with_users = FlotillaConfig::from_toml(users, "test").unwrap();
+        assert_eq!(with_users.auth_method(), AuthMethod::ScramSha256);
+        let open = "[coordinator]\npg_listen = \"0.0.0.0:5432\"\n";
+        assert!(FlotillaConfig::from_toml(open, "test").is_err());
+        let explicit = format!("{open}[auth]\nmethod = \"trust\"\n");
+        assert!(FlotillaConfig::from_toml(&explicit, "test").is_ok());
+        let no_users = "[auth]\nmethod = \"md5\"\n";
+        assert!(FlotillaConfig::from_toml(no_users, "test").is_err());
     }
 
     #[test]

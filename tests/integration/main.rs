@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod catalog;
+mod clients;
+mod flight_sql;
 mod layout;
 mod lifecycle;
 mod object_store;

@@ -58,3 +58,119 @@ async fn psql_smoke() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
     Ok(())
 }
+
+/// What psql users type first: its catalog commands, answered from the
+/// emulated `pg_catalog`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describes_the_catalog() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::default())?;
+    cluster.wait_executors(2, Duration::from_secs(60)).await?;
+    let port = cluster.pg_port;
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).to_string();
+
+    let out = psql(port, &["\\dt"])?;
+    assert!(out.status.success(), "{out:?}");
+    let tables: Vec<String> = text(&out)
+        .lines()
+        .map(|l| l.split('|').nth(1).unwrap_or("").to_string())
+        .collect();
+    for t in [
+        "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+    ] {
+        assert!(
+            tables.iter().any(|n| n == t),
+            "\\dt lacks {t}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        text(&out).contains("public|lineitem|table"),
+        "{}",
+        text(&out)
+    );
+
+    let out = psql(port, &["\\d lineitem"])?;
+    assert!(out.status.success(), "{out:?}");
+    let described = text(&out);
+    assert!(described.contains("l_orderkey|bigint"), "{described}");
+    assert!(
+        described.contains("l_quantity|numeric(15,2)"),
+        "{described}"
+    );
+    assert!(described.contains("l_shipdate|date"), "{described}");
+    assert_eq!(
+        described.lines().filter(|l| l.starts_with("l_")).count(),
+        16,
+        "{described}"
+    );
+
+    let out = psql(port, &["\\dn"])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out).lines().any(|l| l.starts_with("public|")),
+        "{}",
+        text(&out)
+    );
+
+    let out = psql(port, &["\\l"])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out).lines().any(|l| l.starts_with("flotilla|")),
+        "{}",
+        text(&out)
+    );
+
+    // Several statements in one simple query: one result each, in order.
+    let out = psql(
+        port,
+        &["select 1; select 'two'; select count(*) from region"],
+    )?;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out).trim(), "5", "psql prints the last result of -c");
+    Ok(())
+}
+
+/// Ctrl-C in psql sends a CancelRequest; the query stops with 57014 and psql
+/// exits long before the query could have finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_cancels_with_cancel_request() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::default())?;
+    cluster.wait_executors(2, Duration::from_secs(60)).await?;
+    let mut child = Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-U", "flotilla", "-d", "flotilla", "-p"])
+        .arg(cluster.pg_port.to_string())
+        .args([
+            "-c",
+            "select count(*) from lineitem, nation n1, nation n2 where l_comment <> n1.n_comment || n2.n_comment",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = started + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "psql did not stop after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    // The server answers the next client at once.
+    let out = psql(cluster.pg_port, &["select 7"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    Ok(())
+}

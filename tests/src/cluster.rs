@@ -21,6 +21,8 @@ pub struct ClusterOptions {
     pub data_dir: Option<PathBuf>,
     /// Partitions per task (fixed, so plans are the same on every machine).
     pub target_partitions: usize,
+    /// Password of user `flotilla`; `None` leaves authentication at `trust`.
+    pub password: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -32,6 +34,7 @@ impl Default for ClusterOptions {
             restart: true,
             data_dir: None,
             target_partitions: 2,
+            password: None,
         }
     }
 }
@@ -51,6 +54,10 @@ impl ClusterOptions {
 pub struct Cluster {
     child: Child,
     pub pg_port: u16,
+    /// Port of the Flight SQL front door.
+    pub flight_port: u16,
+    /// Password of user `flotilla`, where one is configured.
+    pub password: Option<String>,
     /// The coordinator's data dir (a fresh temporary one per cluster).
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -84,6 +91,11 @@ impl Cluster {
         }
         let config_path = data_dir.join("flotilla.toml");
         let mut config = base_config(options.target_partitions);
+        if let Some(password) = &options.password {
+            config.push_str(&format!(
+                "[[auth.user]]\nname = \"{USER}\"\npassword = \"{password}\"\n"
+            ));
+        }
         if let Some(extra) = &options.config {
             config.push_str(extra);
         }
@@ -95,6 +107,8 @@ impl Cluster {
             .arg(options.executors.to_string())
             .arg("--pg-listen")
             .arg("127.0.0.1:0")
+            .arg("--flight-listen")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--config")
@@ -104,7 +118,9 @@ impl Cluster {
         if !options.restart {
             command.arg("--no-restart");
         }
-        Self::spawn(command, data_dir, tmp, Duration::from_secs(300))
+        let mut cluster = Self::spawn(command, data_dir, tmp, Duration::from_secs(300))?;
+        cluster.password = options.password;
+        Ok(cluster)
     }
 
     /// Starts `flotilla coordinator` alone (no executors) on `data_dir`.
@@ -117,6 +133,8 @@ impl Cluster {
             .arg("--config")
             .arg(&config_path)
             .arg("--pg-listen")
+            .arg("127.0.0.1:0")
+            .arg("--flight-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir);
@@ -153,16 +171,20 @@ impl Cluster {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let (mut pg, mut flight, mut sent) = (None, None, false);
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(port) = parse_port(&line) {
-                    let _ = tx.send(port);
+                pg = pg.or_else(|| parse_port(&line));
+                flight = flight.or_else(|| parse_flight_port(&line));
+                if let (Some(pg), Some(flight), false) = (pg, flight, sent) {
+                    let _ = tx.send((pg, flight));
+                    sent = true;
                 }
             }
         });
         let deadline = Instant::now() + ready_timeout;
-        let port = loop {
-            if let Ok(port) = rx.recv_timeout(Duration::from_millis(100)) {
-                break port;
+        let (port, flight_port) = loop {
+            if let Ok(ports) = rx.recv_timeout(Duration::from_millis(100)) {
+                break ports;
             }
             let exited = child.try_wait()?;
             if exited.is_some() || Instant::now() > deadline {
@@ -174,6 +196,8 @@ impl Cluster {
         Ok(Self {
             child,
             pg_port: port,
+            flight_port,
+            password: None,
             data_dir,
             _tmp: tmp,
             log,
@@ -182,7 +206,7 @@ impl Cluster {
 
     /// A connected client (the connection runs on a background task).
     pub async fn client(&self) -> Result<Client> {
-        connect(self.pg_port).await
+        connect_as(self.pg_port, USER, self.password.as_deref()).await
     }
 
     /// Waits until `count` executors are registered.
@@ -258,6 +282,14 @@ impl Drop for Cluster {
     }
 }
 
+/// The Flight SQL port from "Flight SQL: grpc://IP:PORT" (standalone) or
+/// "..., Flight SQL on grpc://IP:PORT, ..." (coordinator).
+fn parse_flight_port(line: &str) -> Option<u16> {
+    let rest = line.split("grpc://").nth(1)?;
+    let addr = rest.split([',', ' ']).next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 fn parse_port(line: &str) -> Option<u16> {
     // "Connect with: psql -h 127.0.0.1 -p PORT -U flotilla" (standalone) or
     // "coordinator ready: postgres on 127.0.0.1:PORT, ..." (coordinator).
@@ -271,14 +303,27 @@ fn parse_port(line: &str) -> Option<u16> {
     None
 }
 
-/// Connects a tokio-postgres client to 127.0.0.1:`port`.
+/// The user test clients connect as.
+pub const USER: &str = "flotilla";
+
+/// Connects a tokio-postgres client to 127.0.0.1:`port` (no password).
 pub async fn connect(port: u16) -> Result<Client> {
-    let (client, connection) = tokio_postgres::Config::new()
+    connect_as(port, USER, None).await
+}
+
+/// Connects a tokio-postgres client to 127.0.0.1:`port` as `user`.
+pub async fn connect_as(port: u16, user: &str, password: Option<&str>) -> Result<Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
         .host("127.0.0.1")
         .port(port)
-        .user("flotilla")
+        .user(user)
         .dbname("flotilla")
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (client, connection) = config
         .connect(NoTls)
         .await
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;

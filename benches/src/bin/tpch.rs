@@ -72,6 +72,7 @@ async fn main() -> Result<()> {
         restart: false,
         data_dir: Some(data_dir.clone()),
         target_partitions: args.threads,
+        password: None,
     })?;
     cluster
         .wait_executors(args.executors, Duration::from_secs(60))

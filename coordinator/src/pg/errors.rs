@@ -21,7 +21,7 @@ pub fn pg_error(error: &QueryError) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(error)))
 }
 
-fn message(error: &QueryError) -> String {
+pub fn message(error: &QueryError) -> String {
     match error {
         QueryError::DataFusion(e) => clean_message(e),
         other => other.to_string(),

@@ -5,6 +5,7 @@
 //! Each connection owns one [`Session`], kept in pgwire's per-connection
 //! extensions; errors become SQLSTATEs in [`errors`] and the connection goes on.
 
+mod auth;
 pub mod encode;
 pub mod errors;
 mod params;
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::{
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthOutcome,
     DefaultServerParameterProvider, StartupHandler,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
@@ -36,13 +37,18 @@ use pgwire::api::{
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::tokio_rustls::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::auth::Users;
 use crate::engine::{Effect, Engine, Output, Prepared, Session};
 use crate::error::QueryError;
+pub use auth::tls_acceptor;
+use auth::PgAuth;
 use errors::{error_info, pg_error};
 
 /// The server version clients see: a plain `16.x`, as drivers parse it.
@@ -53,9 +59,11 @@ pub const SERVER_VERSION: &str = "16.6";
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    users: Arc<Users>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let handlers = Arc::new(PgHandlers::new(engine));
+    let handlers = Arc::new(PgHandlers::new(engine, users));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -65,8 +73,9 @@ pub async fn serve(
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
                     let handlers = Arc::clone(&handlers);
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        if let Err(error) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(%error, "connection ended with an error");
                         }
                     });
@@ -140,7 +149,7 @@ impl pgwire::api::cancel::CancelHandler for PgCancelHandler {
 }
 
 impl PgHandlers {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<Engine>, users: Arc<Users>) -> Self {
         let manager = Arc::new(ConnectionManager::new());
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.to_string();
@@ -155,6 +164,7 @@ impl PgHandlers {
                 parameters,
                 pids: RandomPidSecretKeyGenerator::default(),
                 parser: Arc::new(PgQueryParser),
+                auth: PgAuth::new(users),
             }),
             cancel: Arc::new(PgCancelHandler {
                 inner: DefaultCancelHandler::new(manager),
@@ -189,6 +199,8 @@ pub struct PgHandler {
     parameters: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     parser: Arc<PgQueryParser>,
+    /// `None` under `trust`.
+    auth: Option<PgAuth>,
 }
 
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Session>> {
@@ -199,6 +211,49 @@ fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Session>> {
     })
 }
 
+impl PgHandler {
+    /// The end of a successful start-up: the last authentication message, then
+    /// the connection's cancel key, its session, and ReadyForQuery.
+    async fn complete_startup<C>(
+        &self,
+        client: &mut C,
+        final_message: Option<Authentication>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(message) = final_message {
+            client
+                .send(PgWireBackendMessage::Authentication(message))
+                .await?;
+        }
+        let (pid, secret) = self.pids.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let key = (pid, secret.to_bytes());
+        let (handle, guard) = self.manager.register(pid, secret);
+        let signal = Arc::new(CancelSignal(watch::channel(0).0));
+        self.cancels.lock().insert(key.clone(), Arc::clone(&signal));
+        client
+            .session_extensions()
+            .insert::<Arc<CancelSignal>>(signal);
+        client
+            .session_extensions()
+            .insert::<CancelGuard>(CancelGuard {
+                registry: Arc::clone(&self.cancels),
+                key,
+            });
+        client
+            .session_extensions()
+            .insert::<Arc<ConnectionHandle>>(handle);
+        client.session_extensions().insert::<ConnectionGuard>(guard);
+        let session = self.engine.session().map_err(|e| pg_error(&e))?;
+        client.session_extensions().insert::<Session>(session);
+        finish_authentication(client, &self.parameters).await
+    }
+}
+
 #[async_trait]
 impl StartupHandler for PgHandler {
     async fn on_startup<C>(
@@ -207,37 +262,34 @@ impl StartupHandler for PgHandler {
         message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let PgWireFrontendMessage::Startup(ref startup) = message {
-            protocol_negotiation(client, startup).await?;
-            save_startup_parameters_to_metadata(client, startup);
-            let (pid, secret) = self.pids.generate(client);
-            client.set_pid_and_secret_key(pid, secret.clone());
-            let key = (pid, secret.to_bytes());
-            let (handle, guard) = self.manager.register(pid, secret);
-            let signal = Arc::new(CancelSignal(watch::channel(0).0));
-            self.cancels.lock().insert(key.clone(), Arc::clone(&signal));
-            client
-                .session_extensions()
-                .insert::<Arc<CancelSignal>>(signal);
-            client
-                .session_extensions()
-                .insert::<CancelGuard>(CancelGuard {
-                    registry: Arc::clone(&self.cancels),
-                    key,
-                });
-            client
-                .session_extensions()
-                .insert::<Arc<ConnectionHandle>>(handle);
-            client.session_extensions().insert::<ConnectionGuard>(guard);
-            let session = self.engine.session().map_err(|e| pg_error(&e))?;
-            client.session_extensions().insert::<Session>(session);
-            finish_authentication(client, &self.parameters).await?;
+        let outcome = match (message, &self.auth) {
+            (PgWireFrontendMessage::Startup(ref startup), auth) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                match auth {
+                    None => return self.complete_startup(client, None).await,
+                    Some(auth) => {
+                        auth.driver
+                            .begin_authentication(client, auth.mechanism.create())
+                            .await?
+                    }
+                }
+            }
+            (PgWireFrontendMessage::PasswordMessageFamily(message), Some(auth)) => {
+                auth.driver.advance_authentication(client, message).await?
+            }
+            _ => return Ok(()),
+        };
+        match outcome {
+            AuthOutcome::Authenticated { final_message, .. } => {
+                self.complete_startup(client, final_message).await
+            }
+            AuthOutcome::InProgress => Ok(()),
         }
-        Ok(())
     }
 }
 
