@@ -10,7 +10,7 @@
 //! executor is alive; a statement that reads a table and finds no executor fails at
 //! once with [`QueryError::NoExecutors`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -27,7 +27,8 @@ use datafusion::physical_plan::{displayable, execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement as SqlStatement, Value,
+    CloseCursor, CopySource, CopyTarget, Expr, FetchDirection, ObjectName, ObjectNamePart,
+    ObjectType, Set, Statement as SqlStatement, Value,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
@@ -166,6 +167,7 @@ impl Engine {
             engine: Arc::clone(self),
             ctx: SessionContext::new_with_state(builder.build()),
             settings: Mutex::new(Settings::default()),
+            cursors: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 }
@@ -189,19 +191,30 @@ fn create_sql(table: &TableConfig, location: &str) -> String {
 }
 
 /// What a statement did to the transaction state a client tracks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Effect {
     None,
     Begin,
     End,
     /// `DEALLOCATE name` (`None`: `ALL`): the protocol layer drops the statements.
     Deallocate(Option<String>),
+    /// `DECLARE name CURSOR`: Postgres clients may describe the cursor as a portal
+    /// of that name (the statement is `FETCH ALL FROM name`).
+    DeclareCursor {
+        name: String,
+        portal: Box<Prepared>,
+    },
 }
 
 /// The outcome of one statement.
 pub enum Output {
     /// A result set.
     Rows(SendableRecordBatchStream),
+    /// `COPY ... TO STDOUT`: rows for the client to receive as copy data.
+    Copy {
+        stream: SendableRecordBatchStream,
+        options: CopyOptions,
+    },
     /// A command with its tag (`SET`, `CREATE TABLE`, ...).
     Command {
         tag: String,
@@ -214,6 +227,7 @@ impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Rows(_) => f.write_str("Output::Rows"),
+            Output::Copy { .. } => f.write_str("Output::Copy"),
             Output::Command { tag, .. } => write!(f, "Output::Command({tag})"),
         }
     }
@@ -224,6 +238,90 @@ fn command(tag: &str) -> Output {
         tag: tag.to_string(),
         rows: None,
         effect: Effect::None,
+    }
+}
+
+/// The row format of `COPY ... TO STDOUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Csv,
+    Binary,
+}
+
+/// Options of `COPY ... TO STDOUT`, as Postgres takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    pub format: CopyFormat,
+    /// CSV only: a first line of column names.
+    pub header: bool,
+    pub delimiter: Option<char>,
+    pub null: Option<String>,
+    pub quote: Option<char>,
+    pub escape: Option<char>,
+}
+
+impl CopyOptions {
+    fn from_statement(
+        options: &[datafusion::sql::sqlparser::ast::CopyOption],
+        legacy: &[datafusion::sql::sqlparser::ast::CopyLegacyOption],
+    ) -> Result<Self> {
+        use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption};
+        let mut out = CopyOptions {
+            format: CopyFormat::Text,
+            header: false,
+            delimiter: None,
+            null: None,
+            quote: None,
+            escape: None,
+        };
+        let unsupported = |what: String| QueryError::Unsupported { what };
+        for option in options {
+            match option {
+                CopyOption::Format(name) => {
+                    out.format = match name.value.to_lowercase().as_str() {
+                        "text" => CopyFormat::Text,
+                        "csv" => CopyFormat::Csv,
+                        "binary" => CopyFormat::Binary,
+                        other => return Err(unsupported(format!("COPY format {other}"))),
+                    }
+                }
+                CopyOption::Header(on) => out.header = *on,
+                CopyOption::Delimiter(c) => out.delimiter = Some(*c),
+                CopyOption::Null(text) => out.null = Some(text.clone()),
+                CopyOption::Quote(c) => out.quote = Some(*c),
+                CopyOption::Escape(c) => out.escape = Some(*c),
+                CopyOption::Encoding(e)
+                    if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                other => return Err(unsupported(format!("COPY option {other}"))),
+            }
+        }
+        for option in legacy {
+            match option {
+                CopyLegacyOption::Binary => out.format = CopyFormat::Binary,
+                CopyLegacyOption::Delimiter(c) => out.delimiter = Some(*c),
+                CopyLegacyOption::Null(text) => out.null = Some(text.clone()),
+                CopyLegacyOption::Header => out.header = true,
+                CopyLegacyOption::Csv(csv) => {
+                    out.format = CopyFormat::Csv;
+                    for c in csv {
+                        match c {
+                            CopyLegacyCsvOption::Header => out.header = true,
+                            CopyLegacyCsvOption::Quote(q) => out.quote = Some(*q),
+                            CopyLegacyCsvOption::Escape(e) => out.escape = Some(*e),
+                            other => return Err(unsupported(format!("COPY option {other}"))),
+                        }
+                    }
+                }
+                other => return Err(unsupported(format!("COPY option {other}"))),
+            }
+        }
+        if out.header && out.format != CopyFormat::Csv {
+            return Err(QueryError::Unsupported {
+                what: "COPY HEADER outside CSV format".into(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -318,6 +416,45 @@ pub struct Session {
     engine: Arc<Engine>,
     ctx: SessionContext,
     settings: Mutex<Settings>,
+    cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
+}
+
+/// Upper bound on open cursors per session.
+const CURSORS_MAX: usize = 1_000;
+
+/// An open cursor (`DECLARE`): the rest of a query's rows, fetched on demand.
+struct Cursor {
+    stream: SendableRecordBatchStream,
+    /// Rows taken from the stream and not fetched yet.
+    pending: Option<RecordBatch>,
+    /// `WITH HOLD`: the cursor outlives the transaction.
+    hold: bool,
+}
+
+impl Cursor {
+    /// The next `count` rows (all that are left for `None`).
+    async fn take(&mut self, count: Option<usize>) -> Result<Vec<RecordBatch>> {
+        let mut remaining = count.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        while remaining > 0 {
+            let batch = match self.pending.take() {
+                Some(batch) => batch,
+                None => match self.stream.next().await {
+                    Some(batch) => batch?,
+                    None => break,
+                },
+            };
+            if batch.num_rows() <= remaining {
+                remaining -= batch.num_rows();
+                out.push(batch);
+            } else {
+                out.push(batch.slice(0, remaining));
+                self.pending = Some(batch.slice(remaining, batch.num_rows() - remaining));
+                remaining = 0;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -331,8 +468,31 @@ fn parse(sql: &str) -> Result<Vec<DFStatement>> {
         // The wire layer replaces bytes that are not UTF-8 with U+FFFD.
         return Err(QueryError::InvalidEncoding);
     }
-    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})?;
-    Ok(statements.into_iter().collect())
+    let statements = match DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) {
+        Ok(statements) => statements,
+        // DataFusion's parser takes `COPY ... TO 'file'` only; Postgres clients
+        // send `COPY ... TO STDOUT`, which the SQL parser itself understands.
+        Err(error) if starts_with_keyword(sql, "copy") => {
+            match datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            {
+                Ok(statements) => statements
+                    .into_iter()
+                    .map(|s| DFStatement::Statement(Box::new(s)))
+                    .collect(),
+                Err(_) => return Err(error.into()),
+            }
+        }
+        Err(error) => return Err(error.into()),
+    };
+    Ok(statements
+        .into_iter()
+        .map(|mut statement| {
+            if let DFStatement::Statement(inner) = &mut statement {
+                sql::names::name_columns(inner);
+            }
+            statement
+        })
+        .collect())
 }
 
 impl Session {
@@ -423,6 +583,9 @@ impl Session {
                     Ok((Some(text_schema(&[&column])), vec![]))
                 }
                 SqlStatement::Query(_) => self.describe_plan(statement).await,
+                SqlStatement::Fetch { name, .. } => {
+                    Ok((Some(self.cursor_schema(&ident_key(name)).await?), vec![]))
+                }
                 SqlStatement::Explain { .. } => self.describe_plan(statement).await,
                 _ => Ok((None, vec![])),
             },
@@ -450,6 +613,7 @@ impl Session {
             Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
             Err(_) => Arc::new(plan.schema().as_arrow().clone()),
         };
+        let schema = sql::names::display_schema(&schema).unwrap_or(schema);
         let mut types = plan.get_parameter_types()?;
         for (id, cast_type) in placeholder_cast_types(&plan)? {
             if let Some(slot @ None) = types.get_mut(&id) {
@@ -502,24 +666,102 @@ impl Session {
                 rows: None,
                 effect: Effect::Begin,
             }),
-            SqlStatement::Commit { .. } => Ok(Output::Command {
-                tag: "COMMIT".into(),
-                rows: None,
-                effect: Effect::End,
+            SqlStatement::Commit { .. } => {
+                self.end_transaction().await;
+                Ok(Output::Command {
+                    tag: "COMMIT".into(),
+                    rows: None,
+                    effect: Effect::End,
+                })
+            }
+            SqlStatement::Rollback { savepoint, .. } => {
+                if savepoint.is_none() {
+                    self.end_transaction().await;
+                }
+                Ok(Output::Command {
+                    tag: "ROLLBACK".into(),
+                    rows: None,
+                    effect: if savepoint.is_some() {
+                        Effect::None
+                    } else {
+                        Effect::End
+                    },
+                })
+            }
+            SqlStatement::Declare { stmts } => self.declare(stmts, params).await,
+            SqlStatement::Copy {
+                source,
+                to: true,
+                target: CopyTarget::Stdout,
+                options,
+                legacy_options,
+                ..
+            } => {
+                let options = CopyOptions::from_statement(&options, &legacy_options)?;
+                let mut query = match source {
+                    CopySource::Query(query) => SqlStatement::Query(query),
+                    CopySource::Table {
+                        table_name,
+                        columns,
+                    } => {
+                        let list = if columns.is_empty() {
+                            "*".to_string()
+                        } else {
+                            columns
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        let mut parsed = parse(&format!("SELECT {list} FROM {table_name}"))?;
+                        match parsed.pop() {
+                            Some(DFStatement::Statement(inner)) => *inner,
+                            _ => {
+                                return Err(QueryError::Internal {
+                                    message: "COPY source did not parse".into(),
+                                })
+                            }
+                        }
+                    }
+                };
+                sql::names::name_columns(&mut query);
+                match self
+                    .run_plan(DFStatement::Statement(Box::new(query)), params)
+                    .await?
+                {
+                    Output::Rows(stream) => Ok(Output::Copy { stream, options }),
+                    _ => Err(QueryError::Internal {
+                        message: "COPY source returned no rows".into(),
+                    }),
+                }
+            }
+            SqlStatement::Copy { .. } => Err(QueryError::Unsupported {
+                what: "COPY other than COPY ... TO STDOUT (tables are files: use CREATE EXTERNAL TABLE)".into(),
             }),
-            SqlStatement::Rollback { savepoint, .. } => Ok(Output::Command {
-                tag: "ROLLBACK".into(),
-                rows: None,
-                effect: if savepoint.is_some() {
-                    Effect::None
-                } else {
-                    Effect::End
-                },
-            }),
+            SqlStatement::Fetch {
+                name, direction, ..
+            } => self.fetch(&ident_key(&name), direction).await,
+            SqlStatement::Close { cursor } => {
+                let mut cursors = self.cursors.lock().await;
+                match cursor {
+                    CloseCursor::All => {
+                        cursors.clear();
+                        Ok(command("CLOSE CURSOR ALL"))
+                    }
+                    CloseCursor::Specific { name } => {
+                        let key = ident_key(&name);
+                        match cursors.remove(&key) {
+                            Some(_) => Ok(command("CLOSE CURSOR")),
+                            None => Err(QueryError::CursorNotFound { name: key }),
+                        }
+                    }
+                }
+            }
             SqlStatement::Savepoint { .. } => Ok(command("SAVEPOINT")),
             SqlStatement::ReleaseSavepoint { .. } => Ok(command("RELEASE")),
             SqlStatement::Discard { .. } => {
                 self.lock_settings().values.clear();
+                self.cursors.lock().await.clear();
                 Ok(command("DISCARD ALL"))
             }
             SqlStatement::Deallocate { name, .. } => {
@@ -590,6 +832,119 @@ impl Session {
                     .await
             }
         }
+    }
+
+    /// COMMIT or ROLLBACK: cursors without `WITH HOLD` end with the transaction.
+    async fn end_transaction(&self) {
+        self.cursors.lock().await.retain(|_, cursor| cursor.hold);
+    }
+
+    async fn declare(
+        &self,
+        stmts: Vec<datafusion::sql::sqlparser::ast::Declare>,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        let unsupported = |what: &str| QueryError::Unsupported { what: what.into() };
+        let [declare] = <[_; 1]>::try_from(stmts)
+            .map_err(|_| unsupported("declaring several cursors in one statement"))?;
+        let (Some(query), [name]) = (declare.for_query, declare.names.as_slice()) else {
+            return Err(unsupported("DECLARE without a cursor query"));
+        };
+        if declare.scroll == Some(true) {
+            return Err(unsupported("SCROLL cursors"));
+        }
+        let name = ident_key(name);
+        if self.cursors.lock().await.contains_key(&name) {
+            return Err(QueryError::CursorExists { name });
+        }
+        let mut statement = SqlStatement::Query(query);
+        sql::names::name_columns(&mut statement);
+        let output = self
+            .run_plan(DFStatement::Statement(Box::new(statement)), params)
+            .await?;
+        let Output::Rows(stream) = output else {
+            return Err(unsupported(
+                "a cursor over a statement that returns no rows",
+            ));
+        };
+        let schema = stream.schema();
+        let mut cursors = self.cursors.lock().await;
+        if cursors.len() >= CURSORS_MAX {
+            return Err(QueryError::Unsupported {
+                what: format!("more than {CURSORS_MAX} open cursors in one session"),
+            });
+        }
+        cursors.insert(
+            name.clone(),
+            Cursor {
+                stream,
+                pending: None,
+                hold: declare.hold == Some(true),
+            },
+        );
+        let portal = Prepared {
+            statement: parse(&format!("FETCH ALL FROM \"{}\"", name.replace('"', "\"\"")))?
+                .pop()
+                .ok_or_else(|| QueryError::Internal {
+                    message: "FETCH did not parse".into(),
+                })?,
+            schema: Some(schema),
+            param_types: Vec::new(),
+        };
+        Ok(Output::Command {
+            tag: "DECLARE CURSOR".into(),
+            rows: None,
+            effect: Effect::DeclareCursor {
+                name,
+                portal: Box::new(portal),
+            },
+        })
+    }
+
+    async fn fetch(&self, name: &str, direction: FetchDirection) -> Result<Output> {
+        let count = |value: &datafusion::sql::sqlparser::ast::ValueWithSpan| {
+            value
+                .to_string()
+                .parse::<usize>()
+                .map_err(|_| QueryError::Unsupported {
+                    what: format!("FETCH count {value}"),
+                })
+        };
+        let rows = match &direction {
+            FetchDirection::Next | FetchDirection::Forward { limit: None } => Some(1),
+            FetchDirection::Count { limit } | FetchDirection::Forward { limit: Some(limit) } => {
+                Some(count(limit)?)
+            }
+            FetchDirection::All | FetchDirection::ForwardAll => None,
+            other => {
+                return Err(QueryError::Unsupported {
+                    what: format!("FETCH {other} (cursors move forward only)"),
+                })
+            }
+        };
+        let mut cursors = self.cursors.lock().await;
+        let cursor = cursors
+            .get_mut(name)
+            .ok_or_else(|| QueryError::CursorNotFound {
+                name: name.to_string(),
+            })?;
+        let schema = cursor.stream.schema();
+        let batches = cursor.take(rows).await?;
+        Ok(Output::Rows(Box::pin(MemoryStream::try_new(
+            batches, schema, None,
+        )?)))
+    }
+
+    /// Result columns of `FETCH` from an open cursor.
+    async fn cursor_schema(&self, name: &str) -> Result<SchemaRef> {
+        self.cursors
+            .lock()
+            .await
+            .get(name)
+            .map(|c| c.stream.schema())
+            .ok_or_else(|| QueryError::CursorNotFound {
+                name: name.to_string(),
+            })
     }
 
     fn lock_settings(&self) -> std::sync::MutexGuard<'_, Settings> {
@@ -827,8 +1182,24 @@ impl Session {
         let optimized = state.optimize(&plan)?;
         let physical = self.physical_plan(&optimized).await?;
         let stream = execute_stream(physical, self.ctx.task_ctx())?;
-        Ok(Output::Rows(stream))
+        Ok(Output::Rows(with_display_names(stream)))
     }
+}
+
+/// The stream under the column names clients see (see `sql::names`).
+fn with_display_names(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let Some(shown) = sql::names::display_schema(&stream.schema()) else {
+        return stream;
+    };
+    let out_schema = Arc::clone(&shown);
+    let renamed = stream.map(move |batch| {
+        let batch = batch?;
+        Ok(RecordBatch::try_new(
+            Arc::clone(&shown),
+            batch.columns().to_vec(),
+        )?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(out_schema, renamed))
 }
 
 /// Casts a result stream to the column types a client was told about, where they
@@ -877,6 +1248,43 @@ fn join_idents(variable: &[datafusion::sql::sqlparser::ast::Ident], separator: &
         .map(|i| i.value.as_str())
         .collect::<Vec<_>>()
         .join(separator)
+}
+
+/// Whether the first word of `sql` (after blanks and comments) is `keyword`.
+fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after
+                .split_once('\n')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after
+                .split_once("*/")
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else {
+            break;
+        }
+    }
+    rest.get(..keyword.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+        && rest[keyword.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+}
+
+/// A cursor's name as Postgres keys it: unquoted names fold to lower case.
+fn ident_key(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
 }
 
 /// The catalog key of a table name: unquoted parts lower-cased, the default

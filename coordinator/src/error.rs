@@ -31,6 +31,10 @@ pub enum QueryError {
     InvalidEncoding,
     #[error("could not bind parameter ${index}: {message}")]
     BadParameter { index: usize, message: String },
+    #[error("cursor \"{name}\" does not exist")]
+    CursorNotFound { name: String },
+    #[error("cursor \"{name}\" already exists")]
+    CursorExists { name: String },
     #[error("canceling statement due to user request")]
     Cancelled,
     #[error("internal error: {message}")]
@@ -43,7 +47,10 @@ impl QueryError {
             QueryError::Sql(e) => e.kind(),
             QueryError::DataFusion(e) => sql::error::datafusion_kind(e),
             QueryError::NoExecutors => ErrorKind::Unavailable,
-            QueryError::UnknownSetting { .. } => ErrorKind::NotFound,
+            QueryError::UnknownSetting { .. } | QueryError::CursorNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            QueryError::CursorExists { .. } => ErrorKind::AlreadyExists,
             QueryError::InvalidSetting { .. }
             | QueryError::MultipleStatements
             | QueryError::InvalidEncoding

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod names;
 pub mod object_stores;
 pub mod policy;
 pub mod rules;

@@ -286,6 +286,7 @@ async fn parameter_batches(
 async fn affected_rows(output: Output) -> Result<i64, Status> {
     match output {
         Output::Command { rows, .. } => Ok(rows.map(|n| n as i64).unwrap_or(0)),
+        Output::Copy { .. } => Err(copy_unsupported()),
         Output::Rows(mut stream) => {
             let mut count = 0i64;
             while let Some(batch) = stream.next().await {
@@ -294,6 +295,12 @@ async fn affected_rows(output: Output) -> Result<i64, Status> {
             Ok(count)
         }
     }
+}
+
+fn copy_unsupported() -> Status {
+    Status::unimplemented(
+        "COPY ... TO STDOUT belongs to the Postgres protocol; over Flight SQL run its query, which already streams Arrow",
+    )
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -504,6 +511,7 @@ impl FlightSqlFrontDoor {
             .map_err(|e| status(&e))?;
         let batches: SendableRecordBatchStream = match output {
             Output::Rows(stream) => stream,
+            Output::Copy { .. } => return Err(copy_unsupported()),
             Output::Command { .. } => Box::pin(
                 datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
                     Arc::clone(&schema),

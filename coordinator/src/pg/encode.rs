@@ -13,10 +13,13 @@ use arrow::datatypes::{DataType, Schema, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use pgwire::api::portal::Format;
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::results::{CopyEncoder, DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::api::Type;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::CopyData;
 use pgwire::messages::data::DataRow;
+use pgwire::types::ToSqlText;
+use postgres_types::ToSql;
 use rust_decimal::Decimal;
 
 /// The Postgres type a column of `data_type` is sent as.
@@ -130,26 +133,35 @@ fn normalize(array: &ArrayRef) -> PgWireResult<ArrayRef> {
     }
 }
 
+/// Where encoded values go: a DataRow or a COPY row.
+trait FieldSink {
+    fn encode_field<T: ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()>;
+}
+
+impl FieldSink for DataRowEncoder {
+    fn encode_field<T: ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()> {
+        DataRowEncoder::encode_field(self, value)
+    }
+}
+
+impl FieldSink for CopyEncoder {
+    fn encode_field<T: ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()> {
+        CopyEncoder::encode_field(self, value)
+    }
+}
+
+/// A batch's columns in the types the encoders take.
+fn normalized_columns(batch: &RecordBatch) -> PgWireResult<Vec<ArrayRef>> {
+    batch.columns().iter().map(normalize).collect()
+}
+
 /// Encodes every row of a batch.
 pub fn encode_batch(
     batch: &RecordBatch,
     fields: &Arc<Vec<FieldInfo>>,
 ) -> PgWireResult<Vec<DataRow>> {
-    let columns = batch
-        .columns()
-        .iter()
-        .map(normalize)
-        .collect::<PgWireResult<Vec<_>>>()?;
-    let formatters: Vec<Option<ArrayFormatter>> = columns
-        .iter()
-        .map(|c| {
-            if needs_formatter(c.data_type()) {
-                ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).ok()
-            } else {
-                None
-            }
-        })
-        .collect();
+    let columns = normalized_columns(batch)?;
+    let formatters = formatters(&columns);
     let mut encoder = DataRowEncoder::new(Arc::clone(fields));
     let mut rows = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
@@ -159,6 +171,33 @@ pub fn encode_batch(
         rows.push(encoder.take_row());
     }
     Ok(rows)
+}
+
+/// Encodes every row of a batch for `COPY ... TO STDOUT`, one message per row.
+pub fn encode_copy(batch: &RecordBatch, encoder: &mut CopyEncoder) -> PgWireResult<Vec<CopyData>> {
+    let columns = normalized_columns(batch)?;
+    let formatters = formatters(&columns);
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        for (column, formatter) in columns.iter().zip(&formatters) {
+            encode_value(encoder, column, formatter.as_ref(), row)?;
+        }
+        out.push(encoder.take_copy());
+    }
+    Ok(out)
+}
+
+fn formatters(columns: &[ArrayRef]) -> Vec<Option<ArrayFormatter<'_>>> {
+    columns
+        .iter()
+        .map(|c| {
+            if needs_formatter(c.data_type()) {
+                ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).ok()
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn needs_formatter(data_type: &DataType) -> bool {
@@ -198,8 +237,8 @@ macro_rules! put {
     }};
 }
 
-fn encode_value(
-    encoder: &mut DataRowEncoder,
+fn encode_value<E: FieldSink>(
+    encoder: &mut E,
     column: &ArrayRef,
     formatter: Option<&ArrayFormatter>,
     row: usize,

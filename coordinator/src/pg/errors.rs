@@ -62,6 +62,8 @@ pub fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::BadParameter { .. } => "22P02",
         QueryError::Internal { .. } => "XX000",
         QueryError::Cancelled => "57014",
+        QueryError::CursorNotFound { .. } => "34000",
+        QueryError::CursorExists { .. } => "42P03",
     }
 }
 

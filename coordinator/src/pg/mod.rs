@@ -27,7 +27,10 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response,
+    Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -36,6 +39,7 @@ use pgwire::api::{
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::copy::CopyData;
 use pgwire::messages::extendedquery::{Parse, ParseComplete};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -45,7 +49,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::Users;
-use crate::engine::{Effect, Engine, Output, Prepared, Session};
+use crate::engine::{CopyFormat, CopyOptions, Effect, Engine, Output, Prepared, Session};
 use crate::error::QueryError;
 pub use auth::tls_acceptor;
 use auth::PgAuth;
@@ -307,6 +311,13 @@ where
                 .map(|signal| signal.0.subscribe());
             Response::Query(query_response(stream, format, cancel))
         }
+        Output::Copy { stream, options } => {
+            let cancel = client
+                .session_extensions()
+                .get::<Arc<CancelSignal>>()
+                .map(|signal| signal.0.subscribe());
+            Response::CopyOut(copy_response(stream, &options, cancel))
+        }
         Output::Command { tag, rows, effect } => {
             let mut tag = Tag::new(&tag);
             if let Some(rows) = rows {
@@ -322,7 +333,7 @@ where
                     }
                     Response::Execution(tag)
                 }
-                Effect::None => Response::Execution(tag),
+                Effect::None | Effect::DeclareCursor { .. } => Response::Execution(tag),
             }
         }
     }
@@ -363,6 +374,86 @@ fn query_response(
         })
         .flat_map(stream::iter);
     QueryResponse::new(fields, rows)
+}
+
+/// `COPY ... TO STDOUT`: the rows as copy data, one message per row, in the
+/// requested format (and a CSV header line first if asked for).
+fn copy_response(
+    stream: SendableRecordBatchStream,
+    options: &CopyOptions,
+    cancel: Option<watch::Receiver<u64>>,
+) -> CopyResponse {
+    let schema = stream.schema();
+    let binary = options.format == CopyFormat::Binary;
+    let format = if binary {
+        Format::UnifiedBinary
+    } else {
+        Format::UnifiedText
+    };
+    let fields = Arc::new(encode::field_infos(schema.as_ref(), &format));
+    let delimiter = options.delimiter.map(|c| c.to_string());
+    let mut encoder = match options.format {
+        CopyFormat::Binary => CopyEncoder::new_binary(fields),
+        CopyFormat::Text => {
+            let mut text = CopyTextOptions::default();
+            if let Some(d) = &delimiter {
+                text.delimiter = d.as_str().into();
+            }
+            if let Some(null) = &options.null {
+                text.null_string = null.as_str().into();
+            }
+            CopyEncoder::new_text(fields, text)
+        }
+        CopyFormat::Csv => {
+            let mut csv = CopyCsvOptions::default();
+            if let Some(d) = &delimiter {
+                csv.delimiter = d.as_str().into();
+            }
+            if let Some(null) = &options.null {
+                csv.null_string = null.as_str().into();
+            }
+            if let Some(q) = options.quote {
+                csv.quote = q.to_string().into();
+            }
+            if let Some(e) = options.escape {
+                csv.escape = e.to_string().into();
+            }
+            CopyEncoder::new_csv(fields, csv)
+        }
+    };
+    let header = options.header.then(|| {
+        let delimiter = delimiter.clone().unwrap_or_else(|| ",".to_string());
+        let quote = options.quote.unwrap_or('"').to_string();
+        let names: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let name = f.name();
+                if name.contains(&delimiter) || name.contains(&quote) || name.contains('\n') {
+                    format!(
+                        "{quote}{}{quote}",
+                        name.replace(&quote, &format!("{quote}{quote}"))
+                    )
+                } else {
+                    name.clone()
+                }
+            })
+            .collect();
+        Ok(CopyData::new(
+            format!("{}\n", names.join(&delimiter)).into(),
+        ))
+    });
+    let rows = cancellable(stream, cancel)
+        .map(move |batch| match batch {
+            Ok(batch) => match encode::encode_copy(&batch, &mut encoder) {
+                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            },
+            Err(e) => vec![Err(pg_error(&e))],
+        })
+        .flat_map(stream::iter);
+    let columns = schema.fields().len();
+    CopyResponse::new(i8::from(binary), columns, stream::iter(header).chain(rows))
 }
 
 /// Ends `stream` with [`QueryError::Cancelled`] when a CancelRequest arrives;
@@ -527,6 +618,22 @@ impl ExtendedQueryHandler for PgHandler {
             .execute_prepared(&stored.statement, values)
             .await
             .map_err(|e| pg_error(&e))?;
+        if let Output::Command {
+            effect: Effect::DeclareCursor { name, portal },
+            ..
+        } = &output
+        {
+            // Postgres exposes a cursor as a portal of the same name; clients
+            // (psycopg) describe it before fetching.
+            let statement = Arc::new(StoredStatement::new(
+                format!("cursor {name}"),
+                portal.as_ref().clone(),
+                Vec::new(),
+            ));
+            client
+                .portal_store()
+                .put_portal(Arc::new(Portal::new_cursor(name.clone(), statement)));
+        }
         Ok(respond(client, output, &portal.result_column_format))
     }
 }
