@@ -21,6 +21,9 @@ fi
 if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
   python3 -m pip install -q "moto[server]"
 fi
+# Real clients for the client matrix (tests/integration/clients.rs): psql, pgjdbc,
+# psqlODBC + unixODBC, a JDK, and a virtualenv with psycopg, SQLAlchemy, pyodbc, ADBC.
+bash tests/clients/setup.sh
 if [ ! -d ../shared/tpch ] && [ -z "${FLOTILLA_SHARED:-}" ]; then
   echo "../shared/tpch (TPC-H queries and answers) is missing beside the repository" >&2
   exit 1

@@ -551,3 +551,48 @@ async fn channel_lenient(port: u16) -> Result<Channel> {
         .connect_timeout(Duration::from_secs(10))
         .connect_lazy())
 }
+
+/// Cleartext and MD5 password methods, when configured, check the same users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cleartext_and_md5_when_configured() -> Result<()> {
+    for method in ["password", "md5"] {
+        let cluster = Cluster::standalone(ClusterOptions {
+            password: Some(PASSWORD.to_string()),
+            config: Some(format!("[auth]\nmethod = \"{method}\"\n")),
+            ..ClusterOptions::minimal()
+        })?;
+        let client = cluster.client().await?;
+        let row = client.query_one("SELECT 'in'", &[]).await?;
+        assert_eq!(row.get::<_, String>(0), "in", "{method}");
+        let err = tests::cluster::connect_as(cluster.pg_port, USER, Some("nope"))
+            .await
+            .err()
+            .with_context(|| format!("{method}: a wrong password was accepted"))?;
+        let state = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+            .and_then(|e| e.code().cloned());
+        assert_eq!(state.as_ref().map(|s| s.code()), Some("28P01"), "{method}: {err:#}");
+    }
+    Ok(())
+}
+
+/// A bearer token stops working once `auth.token_ttl` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_tokens_expire() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions {
+        password: Some(PASSWORD.to_string()),
+        config: Some("[auth]\ntoken_ttl = \"1s\"\n".into()),
+        ..ClusterOptions::minimal()
+    })?;
+    let mut client = FlightSqlServiceClient::new(channel(cluster.flight_port).await?);
+    client.handshake(USER, PASSWORD).await?;
+    client.get_catalogs().await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client.get_catalogs().await.unwrap_err();
+    assert_eq!(code_of(&err), Some(Code::Unauthenticated), "{err}");
+    client.clear_token();
+    client.handshake(USER, PASSWORD).await?;
+    client.get_catalogs().await?;
+    Ok(())
+}

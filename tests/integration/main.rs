@@ -3,6 +3,7 @@
 mod bad_input;
 mod catalog;
 mod clients;
+mod fixtures;
 mod flight_sql;
 mod layout;
 mod lifecycle;
