@@ -43,7 +43,8 @@ WHERE
   (a.typtype = 'p' AND a.typname IN ('record', 'void'))
 ORDER BY ord";
 
-const NPGSQL_COMPOSITES: &str = "/*** Load field definitions for (free-standing) composite types ***/
+const NPGSQL_COMPOSITES: &str =
+    "/*** Load field definitions for (free-standing) composite types ***/
 SELECT typ.oid, att.attname, att.atttypid
 FROM pg_type AS typ
 JOIN pg_namespace AS ns ON (ns.oid = typ.typnamespace)
@@ -84,7 +85,11 @@ fn fixture_files() -> Result<Vec<(String, Vec<String>)>> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "sql") {
-            let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             files.push((name, statements(&std::fs::read_to_string(&path)?)));
         }
     }
@@ -157,7 +162,16 @@ async fn tool_fixtures_replay_through_both_protocols() -> Result<()> {
     let client = cluster.client().await?;
     let types = simple_rows(&client, NPGSQL_TYPE_LOADING).await?;
     let names: Vec<String> = types.iter().filter_map(|r| r[1].clone()).collect();
-    for wanted in ["int4", "int8", "text", "numeric", "date", "timestamp", "bool", "_int4"] {
+    for wanted in [
+        "int4",
+        "int8",
+        "text",
+        "numeric",
+        "date",
+        "timestamp",
+        "bool",
+        "_int4",
+    ] {
         if !names.iter().any(|n| n == wanted) {
             failures.push(format!("Npgsql type loading lacks {wanted}: {names:?}"));
         }

@@ -572,7 +572,11 @@ async fn postgres_cleartext_and_md5_when_configured() -> Result<()> {
             .chain()
             .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
             .and_then(|e| e.code().cloned());
-        assert_eq!(state.as_ref().map(|s| s.code()), Some("28P01"), "{method}: {err:#}");
+        assert_eq!(
+            state.as_ref().map(|s| s.code()),
+            Some("28P01"),
+            "{method}: {err:#}"
+        );
     }
     Ok(())
 }

@@ -693,7 +693,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let ticket = query.as_any().encode_to_vec().into();
         Ok(Response::new(flight_info(
             &schema,
@@ -735,7 +735,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let ticket = query.as_any().encode_to_vec().into();
         Ok(Response::new(flight_info(
             &schema,
@@ -815,7 +815,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.xdbc_info).schema();
+        let schema = query.into_builder(&self.xdbc_info).schema();
         let ticket = query.as_any().encode_to_vec().into();
         Ok(Response::new(flight_info(
             &schema,
