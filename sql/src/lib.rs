@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod object_stores;
+pub mod pg_catalog;
 pub mod policy;
 pub mod rules;
 pub mod session;
