@@ -80,18 +80,22 @@ impl VisitorMut for Rewriter {
     }
 
     fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
-        self.catalog_scopes
-            .push(!catalog_relations(select).is_empty());
+        self.catalog_scopes.push(reads_catalog(select));
         expand_catalog_wildcards(select);
         // Postgres' names for the result of catalog queries and of queries without FROM
         // (`SELECT version()`); queries of tables keep DataFusion's names.
         let postgres_names =
             self.query_depth <= 1 && (select.from.is_empty() || reads_catalog(select));
         name_projection(select, postgres_names);
+        let catalog_query = self.in_catalog_query() || reads_catalog(select);
         for item in &mut select.projection {
             if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
-                project_reg_cast(expr);
-                replace_in_subqueries(expr);
+                if self.query_depth <= 1 {
+                    project_reg_cast(expr);
+                }
+                if catalog_query {
+                    replace_in_subqueries(expr);
+                }
             }
         }
         ControlFlow::Continue(())
@@ -693,6 +697,24 @@ fn reads_catalog(select: &Select) -> bool {
     select.from.iter().any(|table| {
         factor_reads(&table.relation) || table.joins.iter().any(|j| factor_reads(&j.relation))
     })
+}
+
+/// Whether a query reads a catalog relation anywhere in its FROM clauses.
+fn query_reads_catalog(query: &Query) -> bool {
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+            if reads_catalog(select) {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder(false);
+    let _ = Visit::visit(query, &mut finder);
+    finder.0
 }
 
 /// The catalog relations in a select's FROM, by the name they are referred to with.
@@ -1318,7 +1340,9 @@ fn fix_scalar_subquery(expr: &mut Expr) {
     let Expr::Subquery(query) = expr else {
         return;
     };
-    if !query_has_outer_refs(query) {
+    // Only catalog queries: a user query's subquery is left for DataFusion to plan or
+    // refuse, since NULL is no stand-in for its result.
+    if !query_has_outer_refs(query) || !query_reads_catalog(query) {
         return;
     }
     // What the subquery is replaced with where it cannot be decorrelated: a NULL of its
@@ -1466,7 +1490,9 @@ fn fix_array_subquery(expr: &mut Expr) {
         return;
     };
     if query_has_outer_refs(query) {
-        *expr = template("CAST(NULL AS TEXT[])");
+        if query_reads_catalog(query) {
+            *expr = template("CAST(NULL AS TEXT[])");
+        }
         return;
     }
     let subquery = std::mem::replace(query.as_mut(), *empty_query());
@@ -1566,8 +1592,9 @@ fn replace_in_subqueries(expr: &mut Expr) {
 // ---------------------------------------------------------------------------------------
 // Casts.
 
-/// `x::regclass` as a select-list item: Postgres prints the name (psql's `\d`:
-/// `c.oid::pg_catalog.regclass`, `conrelid::pg_catalog.regclass AS ontable`).
+/// `x::regclass` as an item of the statement's result: Postgres prints the name (psql's
+/// `\d`: `c.oid::pg_catalog.regclass`, `conrelid::pg_catalog.regclass AS ontable`).
+/// Nested queries keep the oid, which their readers compare.
 fn project_reg_cast(expr: &mut Expr) {
     let Expr::Cast {
         expr: inner,
@@ -1580,11 +1607,8 @@ fn project_reg_cast(expr: &mut Expr) {
     let Some(reg) = reg_type(data_type) else {
         return;
     };
-    if string_literal(inner).is_some() || is_placeholder(inner) {
-        return;
-    }
     let value = take(inner);
-    *expr = call(reg.text_function(), vec![value]);
+    *expr = call(reg.text_function(), vec![text_placeholder(value)]);
 }
 
 /// Chains through a `reg*` type: `x::regclass::text` is the name, `x::regclass::oid` the
