@@ -91,6 +91,7 @@ impl Engine {
             Arc::new(ExecutorsTable::new(registry.clone())),
         )?;
         catalog.register_schema(SYSTEM_SCHEMA, system)?;
+        sql::pg_catalog::register_schema(&catalog_list)?;
 
         let engine = Arc::new(Self {
             config,
@@ -163,9 +164,11 @@ impl Engine {
             self.registry.live(),
             &self.config.query,
         )?;
+        let ctx = SessionContext::new_with_state(builder.build());
+        sql::pg_catalog::register_functions(&ctx)?;
         Ok(Session {
             engine: Arc::clone(self),
-            ctx: SessionContext::new_with_state(builder.build()),
+            ctx,
             settings: Mutex::new(Settings::default()),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
         })
@@ -487,8 +490,17 @@ fn parse(sql: &str) -> Result<Vec<DFStatement>> {
     Ok(statements
         .into_iter()
         .map(|mut statement| {
-            if let DFStatement::Statement(inner) = &mut statement {
-                sql::names::name_columns(inner);
+            match &mut statement {
+                DFStatement::Statement(inner) => {
+                    sql::pg_catalog::rewrite(inner);
+                    sql::names::name_columns(inner);
+                }
+                DFStatement::Explain(explain) => {
+                    if let DFStatement::Statement(inner) = explain.statement.as_mut() {
+                        sql::pg_catalog::rewrite(inner);
+                    }
+                }
+                _ => {}
             }
             statement
         })
@@ -1141,6 +1153,17 @@ impl Session {
         let live = self.engine.registry.live().len();
         flight::exchange::fit_task_limits(self.ctx.state_ref().write().config_mut(), live)?;
         let state = self.ctx.state();
+        // Catalog and system relations live in the coordinator's memory: a query
+        // over them alone is planned and run here, never shipped to executors.
+        if !scans_files(logical) {
+            let planner = datafusion::physical_planner::DefaultPhysicalPlanner::default();
+            return Ok(
+                datafusion::physical_planner::PhysicalPlanner::create_physical_plan(
+                    &planner, logical, &state,
+                )
+                .await?,
+            );
+        }
         let physical = state.create_physical_plan(logical).await?;
         let needs_executors =
             flight::exchange::is_distributed(&physical) || flight::exchange::reads_files(&physical);
@@ -1248,6 +1271,24 @@ fn join_idents(variable: &[datafusion::sql::sqlparser::ast::Ident], separator: &
         .map(|i| i.value.as_str())
         .collect::<Vec<_>>()
         .join(separator)
+}
+
+/// Whether a logical plan (subqueries included) reads a file-backed table.
+fn scans_files(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let listing = datafusion::datasource::source_as_provider(&scan.source)
+                .map(|provider| provider.is::<datafusion::datasource::listing::ListingTable>())
+                .unwrap_or(true);
+            if listing {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// Whether the first word of `sql` (after blanks and comments) is `keyword`.

@@ -34,6 +34,8 @@ pub enum SqlError {
     TableExists { name: String },
     #[error("table '{name}' does not exist")]
     TableNotFound { name: String },
+    #[error("catalog '{name}' does not exist")]
+    CatalogNotFound { name: String },
     #[error("catalog file {path} is unreadable: {message}")]
     CatalogCorrupt { path: PathBuf, message: String },
     #[error("i/o error on {path}: {source}")]
@@ -56,7 +58,9 @@ impl SqlError {
                 ErrorKind::InvalidInput
             }
             SqlError::TableExists { .. } => ErrorKind::AlreadyExists,
-            SqlError::TableNotFound { .. } => ErrorKind::NotFound,
+            SqlError::TableNotFound { .. } | SqlError::CatalogNotFound { .. } => {
+                ErrorKind::NotFound
+            }
             SqlError::CatalogCorrupt { .. } | SqlError::Io { .. } | SqlError::Generate { .. } => {
                 ErrorKind::Internal
             }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod names;
 pub mod object_stores;
+pub mod pg_catalog;
 pub mod policy;
 pub mod rules;
 pub mod session;

@@ -133,7 +133,12 @@ fn file_count(table: &str, scale_factor: f64) -> i32 {
     ((base_rows * scale_factor / ROWS_PER_FILE).ceil() as i32).clamp(2, 16)
 }
 
-fn batches(table: &str, sf: f64, part: i32, parts: i32) -> Box<dyn RecordBatchReader + Send> {
+pub(crate) fn batches(
+    table: &str,
+    sf: f64,
+    part: i32,
+    parts: i32,
+) -> Box<dyn RecordBatchReader + Send> {
     match table {
         "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts))),
         "orders" => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts))),

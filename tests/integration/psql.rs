@@ -126,7 +126,11 @@ async fn psql_describes_the_catalog() -> Result<()> {
         &["select 1; select 'two'; select count(*) from region"],
     )?;
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(text(&out).trim(), "5", "psql prints the last result of -c");
+    assert_eq!(
+        text(&out).trim(),
+        "1\ntwo\n5",
+        "psql 15 prints every result of -c"
+    );
     Ok(())
 }
 
