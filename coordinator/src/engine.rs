@@ -152,7 +152,9 @@ impl Engine {
     /// A new session for one connection.
     pub fn session(self: &Arc<Self>) -> Result<Session> {
         let mut config = sql::session::session_config(&self.config);
-        config = config.with_create_default_catalog_and_schema(false);
+        config = config
+            .with_create_default_catalog_and_schema(false)
+            .with_option_extension(sql::pg_catalog::SessionSettings::default());
         let builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(Arc::clone(&self.runtime))
@@ -773,6 +775,7 @@ impl Session {
             SqlStatement::ReleaseSavepoint { .. } => Ok(command("RELEASE")),
             SqlStatement::Discard { .. } => {
                 self.lock_settings().values.clear();
+                self.mirror_setting("", None);
                 self.cursors.lock().await.clear();
                 Ok(command("DISCARD ALL"))
             }
@@ -959,6 +962,24 @@ impl Session {
             })
     }
 
+    /// Carries a changed setting into the session's options, where
+    /// `current_setting()` and `pg_settings` read it (`None`: back to default).
+    fn mirror_setting(&self, name: &str, value: Option<&str>) {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        if let Some(settings) = state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<sql::pg_catalog::SessionSettings>()
+        {
+            match name {
+                "" => settings.clear(),
+                _ => settings.put(name, value),
+            }
+        }
+    }
+
     fn lock_settings(&self) -> std::sync::MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1045,8 +1066,14 @@ impl Session {
             _ => value.to_string(),
         };
         let default = setting_spec(&key).map(|s| s.1);
+        let reset = value.eq_ignore_ascii_case("default") || Some(normalized.as_str()) == default;
+        let shown = setting_spec(&key)
+            .map(|spec| spec.0)
+            .unwrap_or(key.as_str())
+            .to_string();
+        self.mirror_setting(&shown, (!reset).then_some(normalized.as_str()));
         let mut settings = self.lock_settings();
-        if value.eq_ignore_ascii_case("default") || Some(normalized.as_str()) == default {
+        if reset {
             settings.values.remove(&key);
         } else {
             settings.values.insert(key, normalized);

@@ -22,32 +22,14 @@ use pgwire::types::ToSqlText;
 use postgres_types::ToSql;
 use rust_decimal::Decimal;
 
-/// The Postgres type a column of `data_type` is sent as.
+/// The Postgres type a column of `data_type` is sent as: the one `pg_attribute`
+/// and `pg_type` describe (`sql::pg_catalog::types` is the one mapping).
 pub fn pg_type(data_type: &DataType) -> Type {
-    match data_type {
-        DataType::Boolean => Type::BOOL,
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
-        DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
-        DataType::UInt64 => Type::NUMERIC,
-        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
-        DataType::Float64 => Type::FLOAT8,
-        DataType::Decimal32(..)
-        | DataType::Decimal64(..)
-        | DataType::Decimal128(..)
-        | DataType::Decimal256(..) => Type::NUMERIC,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Type::TEXT,
-        DataType::Binary
-        | DataType::LargeBinary
-        | DataType::BinaryView
-        | DataType::FixedSizeBinary(_) => Type::BYTEA,
-        DataType::Date32 | DataType::Date64 => Type::DATE,
-        DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
-        DataType::Timestamp(_, None) => Type::TIMESTAMP,
-        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
-        DataType::Dictionary(_, value) => pg_type(value),
-        _ => Type::TEXT,
-    }
+    let column = sql::pg_catalog::types::arrow_to_pg(data_type);
+    u32::try_from(column.oid)
+        .ok()
+        .and_then(Type::from_oid)
+        .unwrap_or(Type::TEXT)
 }
 
 /// The Arrow type a client-declared parameter type maps to.

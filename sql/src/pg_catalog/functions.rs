@@ -354,6 +354,13 @@ fn always(value: bool) -> impl Fn(&Call) -> Result<ScalarValue> + Send + Sync + 
 /// The value of setting `name` (case-insensitive): a DataFusion option, or one of the
 /// Postgres settings Flotilla reports.
 pub(crate) fn setting_value(options: &ConfigOptions, name: &str) -> Option<String> {
+    if let Some(value) = options
+        .extensions
+        .get::<super::SessionSettings>()
+        .and_then(|settings| settings.get(name))
+    {
+        return Some(value.to_string());
+    }
     if let Some(entry) = options
         .entries()
         .into_iter()

@@ -21,6 +21,7 @@
 mod functions;
 mod keywords;
 mod rewrite;
+mod settings;
 mod tables;
 pub mod types;
 
@@ -40,6 +41,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 pub use rewrite::rewrite;
+pub use settings::SessionSettings;
 
 use crate::error::{Result, SqlError};
 use crate::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA, SYSTEM_SCHEMA};

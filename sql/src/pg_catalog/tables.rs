@@ -584,16 +584,25 @@ fn database_rows(rows: &mut Rows) -> Result<()> {
 }
 
 fn settings_rows(options: &ConfigOptions, rows: &mut Rows) -> Result<()> {
+    let changed = options.extensions.get::<super::SessionSettings>();
     for setting in postgres_settings() {
+        let session = changed.and_then(|c| c.get(setting.name));
         rows.push(vec![
             ("name", s(setting.name)),
-            ("setting", s(setting.value)),
+            ("setting", s(session.unwrap_or(setting.value))),
             ("unit", setting.unit.map_or(V::Null, s)),
             ("category", s(setting.category)),
             ("short_desc", s(setting.description)),
             ("context", s(setting.context)),
             ("vartype", s(setting.vartype)),
-            ("source", s("default")),
+            (
+                "source",
+                s(if session.is_some() {
+                    "session"
+                } else {
+                    "default"
+                }),
+            ),
             ("boot_val", s(setting.value)),
             ("reset_val", s(setting.value)),
         ])?;
