@@ -31,6 +31,8 @@ pub enum QueryError {
     InvalidEncoding,
     #[error("could not bind parameter ${index}: {message}")]
     BadParameter { index: usize, message: String },
+    #[error("bind message supplies {supplied} parameters, but the prepared statement requires {required}")]
+    WrongParameterCount { supplied: usize, required: usize },
     #[error("cursor \"{name}\" does not exist")]
     CursorNotFound { name: String },
     #[error("cursor \"{name}\" already exists")]
@@ -54,7 +56,8 @@ impl QueryError {
             QueryError::InvalidSetting { .. }
             | QueryError::MultipleStatements
             | QueryError::InvalidEncoding
-            | QueryError::BadParameter { .. } => ErrorKind::InvalidInput,
+            | QueryError::BadParameter { .. }
+            | QueryError::WrongParameterCount { .. } => ErrorKind::InvalidInput,
             QueryError::Unsupported { .. } | QueryError::ReadOnlySetting { .. } => {
                 ErrorKind::Unsupported
             }

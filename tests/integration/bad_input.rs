@@ -96,3 +96,69 @@ async fn invalid_utf8_and_unknown_statements_on_the_raw_protocol() -> Result<()>
     assert!(replies.iter().any(|m| m.tag == b'D'), "{replies:?}");
     Ok(())
 }
+
+/// Bind messages with the wrong number of parameters, or a value that is not of
+/// the declared type: each a clear error, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_parameter_count_and_type_on_the_raw_protocol() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::minimal())?;
+    let mut conn = RawConnection::connect(cluster.pg_port).await?;
+
+    // Parse "s1": one int8 parameter.
+    let mut parse = Vec::new();
+    parse.extend_from_slice(b"s1\0select $1::int8 + 1\0");
+    parse.extend_from_slice(&1i16.to_be_bytes());
+    parse.extend_from_slice(&20i32.to_be_bytes());
+    conn.send(b'P', &parse).await?;
+    conn.send(b'S', &[]).await?;
+    let replies = conn.until_ready().await?;
+    assert!(
+        replies.iter().all(|m| m.sqlstate().is_none()),
+        "{replies:?}"
+    );
+
+    let bind = |values: &[&[u8]]| {
+        let mut bind = Vec::new();
+        bind.extend_from_slice(b"\0s1\0");
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            bind.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            bind.extend_from_slice(v);
+        }
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind
+    };
+    let execute = {
+        let mut e = b"\0".to_vec();
+        e.extend_from_slice(&0i32.to_be_bytes());
+        e
+    };
+    for (values, what) in [
+        (vec![&b"1"[..], &b"2"[..]], "two values for one parameter"),
+        (vec![], "no value for one parameter"),
+        (vec![&b"not a number"[..]], "text that is not an int8"),
+    ] {
+        conn.send(b'B', &bind(&values)).await?;
+        conn.send(b'E', &execute).await?;
+        conn.send(b'S', &[]).await?;
+        let replies = conn.until_ready().await?;
+        let errors: Vec<_> = replies.iter().filter_map(|m| m.sqlstate()).collect();
+        assert_eq!(errors.len(), 1, "{what}: {replies:?}");
+        assert!(
+            ["08P01", "22P02", "22023", "42P02"].contains(&errors[0].as_str()),
+            "{what}: {errors:?}"
+        );
+    }
+    // The statement still works with the right value.
+    conn.send(b'B', &bind(&[b"41"])).await?;
+    conn.send(b'E', &execute).await?;
+    conn.send(b'S', &[]).await?;
+    let replies = conn.until_ready().await?;
+    assert!(replies.iter().any(|m| m.tag == b'D'), "{replies:?}");
+    assert!(
+        replies.iter().all(|m| m.sqlstate().is_none()),
+        "{replies:?}"
+    );
+    Ok(())
+}

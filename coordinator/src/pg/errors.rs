@@ -63,6 +63,7 @@ pub fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::Internal { .. } => "XX000",
         QueryError::Cancelled => "57014",
         QueryError::CursorNotFound { .. } => "34000",
+        QueryError::WrongParameterCount { .. } => "08P01",
         QueryError::CursorExists { .. } => "42P03",
     }
 }

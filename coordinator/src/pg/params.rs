@@ -22,13 +22,10 @@ pub fn bind(
 ) -> Result<Vec<ScalarValue>> {
     let expected = &stored.statement.param_types;
     let count = portal.parameter_len();
-    if count < expected.len() {
-        return Err(QueryError::BadParameter {
-            index: count + 1,
-            message: format!(
-                "bind message supplies {count} parameters, but the statement requires {}",
-                expected.len()
-            ),
+    if count != expected.len() {
+        return Err(QueryError::WrongParameterCount {
+            supplied: count,
+            required: expected.len(),
         });
     }
     (0..count)
