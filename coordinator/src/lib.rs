@@ -16,7 +16,6 @@ use std::sync::Arc;
 use flight::control::ControlService;
 use sql::config::{FlotillaConfig, TableConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::{QueryError, Result};
 
@@ -78,7 +77,7 @@ pub async fn run(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(ControlService::new_server(Arc::new(registry.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(control_listener), async move {
+            .serve_with_incoming_shutdown(flight::net::incoming(control_listener), async move {
                 let _ = control_stopped.await;
             }),
     );

@@ -16,7 +16,6 @@ use serde::de::IgnoredAny;
 use sql::config::{ExecutorConfig, ObjectStoreConfig};
 use sql::object_stores::LazyObjectStoreRegistry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
 /// Errors of the executor role.
@@ -124,7 +123,7 @@ pub async fn run(
         // The listener belongs to the runtime that polls it.
         let listener = TcpListener::from_std(listener)?;
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(flight::net::incoming(listener), async move {
                 let _ = stop_rx.await;
             })
             .await

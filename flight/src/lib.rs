@@ -5,5 +5,6 @@
 pub mod control;
 pub mod error;
 pub mod exchange;
+pub mod net;
 
 pub use error::{FlightError, Result};

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use sql::config::TlsConfig;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 
 use crate::auth::{Tokens, Users};
@@ -67,7 +66,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     if let Err(error) = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(flight::net::incoming(listener), shutdown)
         .await
     {
         tracing::error!(%error, "Flight SQL front door stopped");
