@@ -44,10 +44,12 @@ fi
 echo "tests: $(( $(date +%s) - start )) s"
 
 phase "benchmark smoke run"
-# The TPC-H harness at SF0.1, one run, built with the test profile: it keeps the
-# harness working and checks every path's answers; timings are not asserted.
+# The TPC-H harness at SF0.1, one run, and the micro-benchmarks at small sizes,
+# built with the test profile: they keep the harnesses working and check every
+# answer; timings are not asserted.
 start=$(date +%s)
 target_dir="$(cargo metadata --locked --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 "$target_dir/debug/tpch" --quick
+"$target_dir/debug/micro" --quick
 echo "benchmark smoke: $(( $(date +%s) - start )) s"

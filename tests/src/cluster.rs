@@ -250,6 +250,11 @@ impl Cluster {
             .collect())
     }
 
+    /// Process id of the coordinator (the `flotilla standalone` or `coordinator` process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

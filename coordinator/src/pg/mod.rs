@@ -25,7 +25,9 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::send_execution_response;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
     CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response,
@@ -33,6 +35,7 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
     PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
@@ -40,7 +43,8 @@ use pgwire::api::{
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyData;
-use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::extendedquery::{Execute, Parse, ParseComplete};
+use pgwire::messages::response::EmptyQueryResponse;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::tokio_rustls::TlsAcceptor;
@@ -596,6 +600,120 @@ impl ExtendedQueryHandler for PgHandler {
         client
             .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
             .await?;
+        Ok(())
+    }
+
+    /// Execute with no row limit streams rows as they are produced. (pgwire's
+    /// default collects a portal's rows before sending any, which holds a whole
+    /// result in memory.) A row limit, or a portal already suspended, goes the
+    /// default way: at most `max_rows` rows are held.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(pgwire::api::store::Entry::Value(portal)) => Some(portal),
+            _ => None,
+        };
+        let initial = match &portal {
+            Some(portal) => matches!(*portal.state().lock().await, PortalExecutionState::Initial),
+            None => false,
+        };
+        let (Some(portal), true, 0, PgWireConnectionState::ReadyForQuery) =
+            (portal, initial, message.max_rows, client.state())
+        else {
+            return self._on_execute(client, message).await;
+        };
+        let mut transaction_status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let handle = client.session_extensions().get::<Arc<ConnectionHandle>>();
+        let response = match handle {
+            Some(handle) => {
+                let cancel = handle.start_query().await;
+                match futures::future::select(
+                    Box::pin(ExtendedQueryHandler::do_query(
+                        self,
+                        client,
+                        portal.as_ref(),
+                        0,
+                    )),
+                    cancel,
+                )
+                .await
+                {
+                    futures::future::Either::Left((result, _)) => result,
+                    futures::future::Either::Right(_) => Err(PgWireError::QueryCanceled),
+                }
+            }
+            None => ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Err(error);
+            }
+        };
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        match response {
+            Response::Query(mut results) => {
+                let tag = results.command_tag().to_owned();
+                let mut rows = 0;
+                while let Some(row) = results.data_rows().next().await {
+                    match row {
+                        Ok(row) => client.feed(PgWireBackendMessage::DataRow(row)).await?,
+                        Err(error) => {
+                            client.set_state(PgWireConnectionState::ReadyForQuery);
+                            return Err(error);
+                        }
+                    }
+                    rows += 1;
+                }
+                client
+                    .send(PgWireBackendMessage::CommandComplete(
+                        Tag::new(&tag).with_rows(rows).into(),
+                    ))
+                    .await?;
+            }
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?;
+            }
+            Response::Execution(tag) => send_execution_response(client, tag).await?,
+            Response::TransactionStart(tag) => {
+                send_execution_response(client, tag).await?;
+                transaction_status = transaction_status.to_in_transaction_state();
+            }
+            Response::TransactionEnd(tag) => {
+                send_execution_response(client, tag).await?;
+                transaction_status = transaction_status.to_idle_state();
+                client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+            }
+            Response::Error(error) => {
+                client
+                    .send(PgWireBackendMessage::ErrorResponse((*error).into()))
+                    .await?;
+                transaction_status = transaction_status.to_error_state();
+            }
+            Response::CopyOut(copy) => {
+                pgwire::api::copy::send_copy_out_response(client, copy).await?;
+            }
+            _ => {
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Err(pg_error(&QueryError::Internal {
+                    message: "unexpected response to Execute".into(),
+                }));
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(transaction_status);
         Ok(())
     }
 
