@@ -207,42 +207,24 @@ async fn main() -> Result<()> {
         row?;
         rows += 1;
     }
-    let seconds = t.elapsed().as_secs_f64();
-    if rows != args.rows {
-        bail!("pgwire streamed {rows} rows, not {}", args.rows);
-    }
-    report(
-        "stream rows x 4 columns over pgwire",
-        rows as f64 / seconds / 1e6,
-        "M rows/s",
-        ">= 1 M rows/s",
-    );
-    let (_, peak) = memory_mib(cluster.pid()).context("coordinator memory")?;
-    report(
-        "coordinator peak memory after pgwire stream",
-        peak,
-        "MiB",
-        "flat (idle + a few batches)",
-    );
+    let pgwire = (rows, t.elapsed().as_secs_f64());
+    let (_, pgwire_peak) = memory_mib(cluster.pid()).context("coordinator memory")?;
     let t = Instant::now();
     let rows = flight_rows(&mut flight, &sql).await?;
-    let seconds = t.elapsed().as_secs_f64();
-    if rows != args.rows {
-        bail!("Flight SQL streamed {rows} rows, not {}", args.rows);
+    let flight_sql = (rows, t.elapsed().as_secs_f64());
+    let (_, flight_peak) = memory_mib(cluster.pid()).context("coordinator memory")?;
+    for (path, (rows, seconds), peak, target) in [
+        ("pgwire", pgwire, pgwire_peak, ">= 1 M rows/s"),
+        ("Flight SQL", flight_sql, flight_peak, ">= 10 M rows/s"),
+    ] {
+        if rows != args.rows {
+            bail!("{path} streamed {rows} rows, not {}", args.rows);
+        }
+        let name = format!("stream rows x 4 columns over {path}");
+        report(&name, rows as f64 / seconds / 1e6, "M rows/s", target);
+        let name = format!("coordinator peak memory after {path} stream");
+        report(&name, peak, "MiB", "flat (idle + a few batches)");
     }
-    report(
-        "stream rows x 4 columns over Flight SQL",
-        rows as f64 / seconds / 1e6,
-        "M rows/s",
-        ">= 10 M rows/s",
-    );
-    let (_, coordinator_peak) = memory_mib(cluster.pid()).context("coordinator memory")?;
-    report(
-        "coordinator peak memory after Flight stream",
-        coordinator_peak,
-        "MiB",
-        "flat (idle + a few batches)",
-    );
 
     // Concurrent clients, each running the 22 TPC-H queries once.
     let queries: Vec<String> = (1..=22)
