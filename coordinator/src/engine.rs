@@ -19,7 +19,7 @@ use datafusion::catalog::{CatalogProviderList, MemorySchemaProvider, SchemaProvi
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{DdlStatement, Expr as LogicalExpr, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -1155,10 +1155,10 @@ impl Session {
     }
 
     async fn explain(&self, inner: DFStatement, verbose: bool) -> Result<Output> {
-        let state = self.ctx.state();
+        let state = self.statement_state()?;
         let logical = state.statement_to_plan(inner).await?;
         let optimized = state.optimize(&logical)?;
-        let physical = self.physical_plan(&optimized).await?;
+        let physical = self.physical_plan(&state, &optimized).await?;
         let staged = if flight::exchange::is_distributed(&physical) {
             flight::exchange::display_staged(physical.as_ref())
         } else {
@@ -1175,18 +1175,28 @@ impl Session {
         )
     }
 
-    /// Plans a logical plan physically, with task limits fitted to the live executors.
-    async fn physical_plan(&self, logical: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The session's state for planning one statement, with task limits fitted to
+    /// the live executors. Taken once per statement: a copy clones every function
+    /// registry, which is most of the cost of a trivial query.
+    fn statement_state(&self) -> Result<datafusion::execution::SessionState> {
         let live = self.engine.registry.live().len();
         flight::exchange::fit_task_limits(self.ctx.state_ref().write().config_mut(), live)?;
-        let state = self.ctx.state();
+        Ok(self.ctx.state())
+    }
+
+    /// Plans a logical plan physically, in `state` (see [`Session::statement_state`]).
+    async fn physical_plan(
+        &self,
+        state: &datafusion::execution::SessionState,
+        logical: &LogicalPlan,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         // Catalog and system relations live in the coordinator's memory: a query
         // over them alone is planned and run here, never shipped to executors.
         if !scans_files(logical) {
             let planner = datafusion::physical_planner::DefaultPhysicalPlanner::default();
             return Ok(
                 datafusion::physical_planner::PhysicalPlanner::create_physical_plan(
-                    &planner, logical, &state,
+                    &planner, logical, state,
                 )
                 .await?,
             );
@@ -1202,7 +1212,7 @@ impl Session {
 
     /// Plans and runs a statement DataFusion understands.
     async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
-        let state = self.ctx.state();
+        let state = self.statement_state()?;
         let mut plan = state.statement_to_plan(statement).await?;
         if !params.is_empty() {
             plan = plan.with_param_values(params)?;
@@ -1230,8 +1240,8 @@ impl Session {
             return Ok(command(tag));
         }
         let optimized = state.optimize(&plan)?;
-        let physical = self.physical_plan(&optimized).await?;
-        let stream = execute_stream(physical, self.ctx.task_ctx())?;
+        let physical = self.physical_plan(&state, &optimized).await?;
+        let stream = execute_stream(physical, Arc::new(TaskContext::from(&state)))?;
         Ok(Output::Rows(with_display_names(stream)))
     }
 }
