@@ -10,58 +10,6 @@ use anyhow::{bail, Context, Result};
 use tests::cluster::{simple_rows, Cluster, ClusterOptions};
 use tokio_postgres::SimpleQueryMessage;
 
-/// Power BI (Npgsql) loads the server's types with this query on connect.
-const NPGSQL_TYPE_LOADING: &str = "/*** Load all supported types ***/
-SELECT ns.nspname, a.typname, a.oid, a.typrelid, a.typbasetype,
-CASE WHEN pg_proc.proname='array_recv' THEN 'a' ELSE a.typtype END AS type,
-CASE
-  WHEN pg_proc.proname='array_recv' THEN a.typelem
-  WHEN a.typtype='r' THEN rngsubtype
-  ELSE 0
-END AS elemoid,
-CASE
-  WHEN pg_proc.proname IN ('array_recv','oidvectorrecv') THEN 3
-  WHEN a.typtype='r' THEN 2
-  WHEN a.typtype='d' THEN 1
-  ELSE 0
-END AS ord
-FROM pg_type AS a
-JOIN pg_namespace AS ns ON (ns.oid = a.typnamespace)
-JOIN pg_proc ON pg_proc.oid = a.typreceive
-LEFT OUTER JOIN pg_class AS cls ON (cls.oid = a.typrelid)
-LEFT OUTER JOIN pg_type AS b ON (b.oid = a.typelem)
-LEFT OUTER JOIN pg_class AS elemcls ON (elemcls.oid = b.typrelid)
-LEFT OUTER JOIN pg_range ON (pg_range.rngtypid = a.oid)
-WHERE
-  a.typtype IN ('b', 'r', 'm', 'e', 'd') OR
-  (a.typtype = 'c' AND cls.relkind='c') OR
-  (pg_proc.proname='array_recv' AND (
-    b.typtype IN ('b', 'r', 'm', 'e', 'd') OR
-    (b.typtype = 'p' AND b.typname IN ('record', 'void')) OR
-    (b.typtype = 'c' AND elemcls.relkind='c')
-  )) OR
-  (a.typtype = 'p' AND a.typname IN ('record', 'void'))
-ORDER BY ord";
-
-const NPGSQL_COMPOSITES: &str =
-    "/*** Load field definitions for (free-standing) composite types ***/
-SELECT typ.oid, att.attname, att.atttypid
-FROM pg_type AS typ
-JOIN pg_namespace AS ns ON (ns.oid = typ.typnamespace)
-JOIN pg_class AS cls ON (cls.oid = typ.typrelid)
-JOIN pg_attribute AS att ON (att.attrelid = typ.typrelid)
-WHERE
-  (typ.typtype = 'c' AND cls.relkind='c') AND
-  attnum > 0 AND
-  NOT attisdropped
-ORDER BY typ.oid, att.attnum";
-
-const NPGSQL_ENUMS: &str = "/*** Load enum fields ***/
-SELECT pg_type.oid, enumlabel
-FROM pg_enum
-JOIN pg_type ON pg_type.oid=enumtypid
-ORDER BY oid, enumsortorder";
-
 /// The statements of one fixture file (blocks separated by `-- next` lines).
 fn statements(text: &str) -> Vec<String> {
     text.split("\n-- next")
@@ -79,6 +27,14 @@ fn statements(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// What Power BI (Npgsql) sends, kept beside the client probes; the first
+/// statement is its type-loading query.
+fn npgsql_statements() -> Result<Vec<String>> {
+    let path = tests::repo_root().join("tests/clients/npgsql.sql");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(statements(&text))
+}
+
 fn fixture_files() -> Result<Vec<(String, Vec<String>)>> {
     let dir = tests::shared_dir().join("clients-fixtures");
     let mut files = Vec::new();
@@ -94,15 +50,7 @@ fn fixture_files() -> Result<Vec<(String, Vec<String>)>> {
         }
     }
     files.sort();
-    files.push((
-        "powerbi-npgsql".to_string(),
-        vec![
-            NPGSQL_TYPE_LOADING.to_string(),
-            NPGSQL_COMPOSITES.to_string(),
-            NPGSQL_ENUMS.to_string(),
-            "DISCARD ALL".to_string(),
-        ],
-    ));
+    files.push(("powerbi-npgsql".to_string(), npgsql_statements()?));
     Ok(files)
 }
 
@@ -160,7 +108,7 @@ async fn tool_fixtures_replay_through_both_protocols() -> Result<()> {
     }
     // Npgsql maps result types from what the type-loading query returns.
     let client = cluster.client().await?;
-    let types = simple_rows(&client, NPGSQL_TYPE_LOADING).await?;
+    let types = simple_rows(&client, &npgsql_statements()?[0]).await?;
     let names: Vec<String> = types.iter().filter_map(|r| r[1].clone()).collect();
     for wanted in [
         "int4",

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tests::answers::{compare, read_answer, Rows};
@@ -44,32 +43,7 @@ async fn reference_context(data: &Path) -> Result<SessionContext> {
 }
 
 async fn reference_rows(ctx: &SessionContext, sql: &str) -> Result<Rows> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    let options = FormatOptions::default().with_null("\u{0}NULL");
-    let mut rows = Vec::new();
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for i in 0..batch.num_rows() {
-            rows.push(
-                formatters
-                    .iter()
-                    .map(|f| {
-                        let v = f.value(i).to_string();
-                        if v == "\u{0}NULL" {
-                            None
-                        } else {
-                            Some(v)
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
-    Ok(rows)
+    tests::answers::batch_rows(&ctx.sql(sql).await?.collect().await?)
 }
 
 fn golden_path(n: usize) -> PathBuf {

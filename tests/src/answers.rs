@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 pub type Rows = Vec<Vec<Option<String>>>;
 
@@ -33,6 +35,30 @@ pub fn read_answer(path: &Path) -> Result<(Vec<String>, Rows)> {
         })
         .collect();
     Ok((header, rows))
+}
+
+/// Arrow batches as text cells, the way the reference answers are written.
+pub fn batch_rows(batches: &[RecordBatch]) -> Result<Rows> {
+    let options = FormatOptions::default();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| (!c.is_null(row)).then(|| f.value(row).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
 }
 
 /// Whether two cells agree: both null, equal text, or numbers within `1e-6` relative.

@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::Parser;
-use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::TryStreamExt;
-use tests::answers::{compare, read_answer, Rows};
+use tests::answers::{batch_rows, compare, read_answer, Rows};
 use tests::cluster::{Cluster, ClusterOptions};
 use tokio_postgres::SimpleQueryMessage;
 use tonic::transport::Channel;
@@ -65,30 +64,6 @@ const PATHS: [&str; 3] = ["pgwire", "flightsql", "datafusion"];
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64()
-}
-
-/// Batches as text cells, the way the reference answers are written.
-fn arrow_rows(batches: &[RecordBatch]) -> Result<Rows> {
-    let options = FormatOptions::default();
-    let mut rows = Vec::new();
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in 0..batch.num_rows() {
-            rows.push(
-                batch
-                    .columns()
-                    .iter()
-                    .zip(&formatters)
-                    .map(|(c, f)| (!c.is_null(row)).then(|| f.value(row).to_string()))
-                    .collect(),
-            );
-        }
-    }
-    Ok(rows)
 }
 
 fn pg_rows(messages: &[SimpleQueryMessage]) -> Rows {
@@ -223,12 +198,12 @@ async fn main() -> Result<()> {
             let t = Instant::now();
             let batches = flight_query(&mut flight, sql).await?;
             times[1].push(t.elapsed());
-            let fl = arrow_rows(&batches)?;
+            let fl = batch_rows(&batches)?;
 
             let t = Instant::now();
             let batches = single.sql(sql).await?.collect().await?;
             times[2].push(t.elapsed());
-            let df = arrow_rows(&batches)?;
+            let df = batch_rows(&batches)?;
 
             let expected = reference.as_ref().unwrap_or(&df);
             for (label, rows) in [(PATHS[0], &pg), (PATHS[1], &fl), (PATHS[2], &df)] {

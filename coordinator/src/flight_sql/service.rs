@@ -209,6 +209,21 @@ pub fn number_placeholders(sql: &str) -> String {
     out
 }
 
+/// The FlightInfo of a metadata command: its ticket is the command itself,
+/// which `DoGet` answers.
+fn command_info(
+    schema: &Schema,
+    command: impl ProstMessageExt,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = command.as_any().encode_to_vec().into();
+    Ok(Response::new(flight_info(
+        schema,
+        ticket,
+        request.into_inner(),
+    )?))
+}
+
 /// Parameter names in the schemas Flotilla hands out: `$1`, `$2`, ...
 fn parameter_schema(prepared: &Prepared) -> Schema {
     Schema::new(
@@ -693,13 +708,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&query.into_builder().schema(), query, request)
     }
 
     async fn get_flight_info_schemas(
@@ -707,13 +716,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&query.clone().into_builder().schema(), query, request)
     }
 
     async fn get_flight_info_tables(
@@ -721,13 +724,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&query.clone().into_builder().schema(), query, request)
     }
 
     async fn get_flight_info_table_types(
@@ -735,13 +732,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&query.into_builder().schema(), query, request)
     }
 
     async fn get_flight_info_sql_info(
@@ -749,13 +740,11 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(
+            &query.clone().into_builder(&self.sql_info).schema(),
+            query,
+            request,
+        )
     }
 
     async fn get_flight_info_primary_keys(
@@ -763,12 +752,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &metadata::primary_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&metadata::primary_keys_schema(), query, request)
     }
 
     async fn get_flight_info_exported_keys(
@@ -776,12 +760,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &metadata::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&metadata::foreign_keys_schema(), query, request)
     }
 
     async fn get_flight_info_imported_keys(
@@ -789,12 +768,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &metadata::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&metadata::foreign_keys_schema(), query, request)
     }
 
     async fn get_flight_info_cross_reference(
@@ -802,12 +776,7 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &metadata::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(&metadata::foreign_keys_schema(), query, request)
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -815,13 +784,11 @@ impl FlightSqlService for FlightSqlFrontDoor {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder(&self.xdbc_info).schema();
-        let ticket = query.as_any().encode_to_vec().into();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        command_info(
+            &query.into_builder(&self.xdbc_info).schema(),
+            query,
+            request,
+        )
     }
 
     async fn do_get_statement(
