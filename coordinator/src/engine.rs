@@ -1180,8 +1180,9 @@ impl Session {
     /// registry, which is most of the cost of a trivial query.
     fn statement_state(&self) -> Result<datafusion::execution::SessionState> {
         let live = self.engine.registry.live().len();
-        flight::exchange::fit_task_limits(self.ctx.state_ref().write().config_mut(), live)?;
-        Ok(self.ctx.state())
+        let mut state = self.ctx.state();
+        flight::exchange::fit_task_limits(state.config_mut(), live)?;
+        Ok(state)
     }
 
     /// Plans a logical plan physically, in `state` (see [`Session::statement_state`]).

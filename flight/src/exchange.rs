@@ -86,9 +86,22 @@ pub fn with_distributed_planning(
 /// Fits the stage width to the cluster: up to one task per live executor, and at
 /// least two, so that even a one-executor cluster runs table scans remotely (the
 /// planner folds a one-task stage under a one-task consumer into the consumer).
+/// A width the session chose (`SET distributed.max_tasks_per_stage = n`, n > 0) is
+/// kept: `config` is a statement's copy, and the session's own value stays 0
+/// ("fit to the cluster") unless a user set it.
+///
+/// A task plans at least two partitions. With one, DataFusion aggregates in a
+/// single step straight over the scan (no repartition between a partial and a
+/// final step), and the planner, splitting that scan over tasks, would have
+/// each task aggregate only its share of the rows.
 pub fn fit_task_limits(config: &mut SessionConfig, live_executors: usize) -> Result<()> {
+    if config.target_partitions() < 2 {
+        config.options_mut().execution.target_partitions = 2;
+    }
     let d_cfg = DistributedConfig::from_config_options_mut(config.options_mut())?;
-    d_cfg.max_tasks_per_stage = live_executors.max(2);
+    if d_cfg.max_tasks_per_stage == 0 {
+        d_cfg.max_tasks_per_stage = live_executors.max(2);
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Micro-benchmarks of a Flotilla cluster, each beside its target in
 //! `../shared/docs/targets.md`: start to first answered query, idle resident
-//! memory, `SELECT 1` round trips over pgwire and Flight SQL, streaming a large
-//! result over both (rows/s and the coordinator's peak memory), and concurrent
-//! clients running TPC-H. Prints one line per figure and a JSON summary.
+//! memory, per-task scheduling overhead, `SELECT 1` round trips over pgwire and
+//! Flight SQL, streaming a large result over both (rows/s and the coordinator's
+//! peak memory), exchange throughput between executors, and concurrent clients
+//! running TPC-H. Prints one line per figure and a JSON summary.
 //!
 //! `cargo build --workspace --all-targets && target/debug/micro` (full size) or
 //! `--quick` (small sizes; what CI runs to keep it working). Nothing is asserted
@@ -14,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use tests::cluster::{Cluster, ClusterOptions};
+use tests::cluster::{simple_rows, Cluster, ClusterOptions};
+use tests::memory_mib;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -31,23 +33,53 @@ struct Args {
     /// Concurrent clients, each running the 22 TPC-H queries at SF0.1.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Tasks of the fanned-out query that measures per-task overhead.
+    #[arg(long, default_value_t = 1_000)]
+    tasks: usize,
+    /// Runs of the shuffle-bound query that measures exchange throughput.
+    #[arg(long, default_value_t = 5)]
+    exchange_runs: usize,
     /// Small sizes, for CI.
     #[arg(long)]
     quick: bool,
 }
 
-/// Resident memory of a process, from `/proc`: (current, peak) in MiB.
-fn memory_mib(pid: u32) -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+/// Bytes a process has passed to `write`-family calls (sockets included), from
+/// `/proc/PID/io`.
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes a process has taken from `read`-family calls (sockets included).
+fn read_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `sql` `runs` times on `client`, checks every answer has `rows` rows and
+/// returns the median wall time in seconds.
+async fn median_seconds(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    rows: usize,
+    runs: usize,
+) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let got = client.query(sql, &[]).await?;
+        times.push(t.elapsed().as_secs_f64());
+        if got.len() != rows {
+            bail!("{sql}: {} rows, expected {rows}", got.len());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {
@@ -79,6 +111,15 @@ async fn flight_rows(client: &mut FlightSqlServiceClient<Channel>, sql: &str) ->
     Ok(rows)
 }
 
+/// The single count a query answers, through the simple protocol.
+async fn simple_count(client: &tokio_postgres::Client, sql: &str) -> Result<i64> {
+    let rows = simple_rows(client, sql).await?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{sql}: no count in {rows:?}"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
@@ -86,6 +127,8 @@ async fn main() -> Result<()> {
         args.rows = 200_000;
         args.round_trips = 100;
         args.clients = 4;
+        args.tasks = 50;
+        args.exchange_runs = 1;
     }
     let data_dir = tests::shared_data_dir().join("micro");
     std::fs::create_dir_all(&data_dir)?;
@@ -146,6 +189,53 @@ async fn main() -> Result<()> {
         "MiB",
         "< 64 MiB",
     );
+
+    // Per-task scheduling overhead: one scan fanned out to `tasks` tasks (the
+    // table's files split into byte ranges; most ranges hold no row group, so
+    // the tasks are trivial) against the same query in the cluster's own width.
+    // The difference, spread over the added tasks, is the cost of a task:
+    // planning it, shipping its fragment, running and streaming it.
+    let probe = "SELECT count(*) FROM lineitem WHERE l_quantity > 0";
+    let expected = simple_count(&client, probe).await?;
+    let fitted = median_seconds(&client, probe, 1, 3).await?;
+    let fanned = cluster.client().await?;
+    fanned
+        .batch_execute(&format!(
+            "SET distributed.max_tasks_per_stage = {}; \
+             SET distributed.file_scan_config_bytes_per_partition = 1",
+            args.tasks
+        ))
+        .await?;
+    let plan = simple_rows(&fanned, &format!("EXPLAIN {probe}")).await?;
+    let last_task = format!("tasks={},", args.tasks);
+    if !plan
+        .iter()
+        .flatten()
+        .flatten()
+        .any(|cell| cell.contains(&last_task))
+    {
+        bail!(
+            "the fanned-out plan does not have {} tasks: {plan:?}",
+            args.tasks
+        );
+    }
+    if simple_count(&fanned, probe).await? != expected {
+        bail!("the fanned-out query counted differently");
+    }
+    let wide = median_seconds(&fanned, probe, 1, 3).await?;
+    report(
+        &format!("query in {} tasks / the same in 2", args.tasks),
+        wide / fitted,
+        "x",
+        "-",
+    );
+    report(
+        "per-task scheduling overhead",
+        (wide - fitted) / (args.tasks - 2) as f64 * 1e3,
+        "ms/task",
+        "<= 0.2 ms/task",
+    );
+    drop(fanned);
 
     // SELECT 1 round trips.
     let mut samples = Vec::with_capacity(args.round_trips);
@@ -225,6 +315,93 @@ async fn main() -> Result<()> {
         let name = format!("coordinator peak memory after {path} stream");
         report(&name, peak, "MiB", "flat (idle + a few batches)");
     }
+
+    // Exchange throughput: a query that moves every lineitem row between the
+    // executors (partial aggregation switched off, so the rows themselves are
+    // shuffled by key to the final aggregation). Bytes are what the executors
+    // wrote to their sockets meanwhile, less what the coordinator received. The
+    // same query folded into one task (`distributed.max_tasks_per_stage = 1`)
+    // does the same scan and aggregation with nothing on the network; the runs
+    // alternate. Two rates: bytes over the whole query's time (a lower bound,
+    // scan and aggregation included) and bytes over the time the exchange added.
+    let shuffle = "SELECT count(*), sum(p), sum(e), sum(q) FROM (SELECT l_orderkey, l_linenumber, \
+                   sum(l_extendedprice) AS e, sum(l_quantity) AS q, sum(l_partkey) AS p \
+                   FROM lineitem GROUP BY l_orderkey, l_linenumber) AS t";
+    let no_partial =
+        "SET datafusion.execution.skip_partial_aggregation_probe_ratio_threshold = 0.0; \
+                      SET datafusion.execution.skip_partial_aggregation_probe_rows_threshold = 1";
+    let spread = cluster.client().await?;
+    spread.batch_execute(no_partial).await?;
+    let folded = cluster.client().await?;
+    folded.batch_execute(no_partial).await?;
+    folded
+        .batch_execute("SET distributed.max_tasks_per_stage = 1")
+        .await?;
+    let plan = simple_rows(&spread, &format!("EXPLAIN {shuffle}")).await?;
+    if !plan
+        .iter()
+        .flatten()
+        .flatten()
+        .any(|cell| cell.contains("NetworkShuffleExec"))
+    {
+        bail!("the exchange query has no shuffle between executors: {plan:?}");
+    }
+    let written = || -> u64 { pids.iter().filter_map(|p| written_bytes(*p as u32)).sum() };
+    let received = || read_bytes(cluster.pid()).unwrap_or(0);
+    let (mut spread_s, mut folded_s, mut crossed, mut folded_bytes) = (0.0, 0.0, 0u64, 0u64);
+    for _ in 0..args.exchange_runs {
+        for (client, seconds, bytes) in [
+            (&spread, &mut spread_s, &mut crossed),
+            (&folded, &mut folded_s, &mut folded_bytes),
+        ] {
+            let (w, r) = (written(), received());
+            let t = Instant::now();
+            let row = client.query_one(shuffle, &[]).await?;
+            *seconds += t.elapsed().as_secs_f64();
+            *bytes += (written() - w).saturating_sub(received() - r);
+            let groups: i64 = row.get(0);
+            if groups != expected {
+                bail!("the exchange query counted {groups} groups, not {expected}");
+            }
+        }
+    }
+    let runs = args.exchange_runs as f64;
+    report(
+        "bytes exchanged between executors per query",
+        crossed as f64 / runs / 1e6,
+        "MB",
+        "-",
+    );
+    report(
+        "the same, folded into one task",
+        folded_bytes as f64 / runs / 1e6,
+        "MB",
+        "-",
+    );
+    report(
+        "exchange query, 2 executors / folded into one task",
+        spread_s / folded_s,
+        "x",
+        "-",
+    );
+    report(
+        "exchange throughput, lower bound (whole query)",
+        crossed as f64 / spread_s / 1e9,
+        "GB/s",
+        ">= 1 GB/s",
+    );
+    let added = spread_s - folded_s;
+    report(
+        "exchange throughput (time the exchange added)",
+        if added > 0.0 {
+            crossed as f64 / added / 1e9
+        } else {
+            f64::INFINITY
+        },
+        "GB/s",
+        ">= 1 GB/s",
+    );
+    drop((spread, folded));
 
     // Concurrent clients, each running the 22 TPC-H queries once.
     let queries: Vec<String> = (1..=22)

@@ -552,11 +552,15 @@ impl FlightSqlFrontDoor {
                 let item = next?;
                 let item = item
                     .map_err(|e| FlightError::Tonic(Box::new(status(&QueryError::from(e)))))
-                    .and_then(|batch| conform_batch(batch, &target));
+                    .and_then(|batch| conform_batch(batch, &target))
+                    .and_then(|batch| wire_pieces(batch, MAX_MESSAGE_BYTES));
                 Some((item, Some((batches, cancel))))
             }
-        });
+        })
+        .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
+        .try_flatten();
         let flight = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(MAX_MESSAGE_BYTES)
             .with_schema(schema)
             .build(batches)
             .map_err(Status::from);
@@ -606,6 +610,57 @@ impl FlightSqlFrontDoor {
             None => CancelStatus::NotCancellable,
         }
     }
+}
+
+/// The size a `DoGet` message aims at: well under the 4 MiB most gRPC clients
+/// accept by default.
+const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// A batch cut into pieces that each fit one message of about `max_bytes`.
+///
+/// String and binary view columns share their data buffers with the batch they
+/// were filtered, limited or sliced from, and Arrow IPC writes a view column's
+/// buffers whole: five rows cut from a scanned page can carry megabytes, and
+/// slicing (what arrow-flight's encoder does to split a batch) does not shrink
+/// them. Each piece's view columns are compacted to the bytes its rows use.
+fn wire_pieces(batch: RecordBatch, max_bytes: usize) -> Result<Vec<RecordBatch>, FlightError> {
+    let has_views = batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView));
+    if !has_views || batch.num_rows() == 0 {
+        return Ok(vec![batch]);
+    }
+    let batch = compact_views(&batch)?;
+    let bytes: usize = batch
+        .columns()
+        .iter()
+        .map(|c| c.get_buffer_memory_size())
+        .sum();
+    let pieces = bytes.div_ceil(max_bytes.max(1)).max(1);
+    if pieces == 1 {
+        return Ok(vec![batch]);
+    }
+    let rows = batch.num_rows().div_ceil(pieces).max(1);
+    (0..batch.num_rows())
+        .step_by(rows)
+        .map(|offset| compact_views(&batch.slice(offset, rows.min(batch.num_rows() - offset))))
+        .collect()
+}
+
+/// The batch with every view column holding only the bytes its rows reference.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, FlightError> {
+    use arrow::array::AsArray;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as _,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as _,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).map_err(FlightError::Arrow)
 }
 
 /// A batch in exactly the announced schema: the same columns, cast where the
@@ -1342,6 +1397,45 @@ impl FlightService for Authenticated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn view_columns_are_cut_and_compacted_per_message() {
+        use arrow::array::{Int64Array, StringViewArray};
+        let rows = 100_000;
+        let strings: StringViewArray = (0..rows).map(|i| Some(format!("{i:0>100}"))).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8View, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(strings),
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            ],
+        )
+        .unwrap();
+        // A few rows sliced from it share all of its ~10 MB of string data.
+        let few = wire_pieces(batch.slice(10, 5), MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(few.len(), 1);
+        // (Primitive slices share buffers too, but IPC writes only their rows.)
+        let strings = few[0].column(0).get_buffer_memory_size();
+        assert!(strings < 4096, "{strings} bytes of strings for 5 rows");
+        let pieces = wire_pieces(batch.clone(), MAX_MESSAGE_BYTES).unwrap();
+        assert!(pieces.len() >= 5, "{} pieces", pieces.len());
+        let mut total = 0;
+        for piece in &pieces {
+            let bytes = piece.column(0).get_buffer_memory_size();
+            assert!(
+                bytes <= MAX_MESSAGE_BYTES,
+                "{bytes} bytes of strings in one piece"
+            );
+            total += piece.num_rows();
+        }
+        assert_eq!(total, rows);
+        let rejoined = arrow::compute::concat_batches(&batch.schema(), &pieces).unwrap();
+        assert_eq!(rejoined, batch);
+    }
 
     #[test]
     fn errors_map_to_flight_codes_with_sqlstate() {
