@@ -102,6 +102,10 @@ pub struct QueryConfig {
     pub scan_bytes_per_partition: usize,
     /// Compression of shuffle data: `lz4`, `zstd` or `none`.
     pub exchange_compression: String,
+    /// A join whose build side is estimated below this many bytes collects it
+    /// whole (in a cluster: broadcasts it to every task of the probe side)
+    /// instead of shuffling both sides by key. DataFusion's own default is 1 MiB.
+    pub broadcast_join_max_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -111,6 +115,7 @@ impl Default for QueryConfig {
             batch_size: 8192,
             scan_bytes_per_partition: 4 * 1024 * 1024,
             exchange_compression: "none".to_string(),
+            broadcast_join_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

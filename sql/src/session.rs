@@ -28,6 +28,13 @@ pub fn session_config(config: &FlotillaConfig) -> SessionConfig {
     // Postgres semantics where DataFusion offers a choice.
     options.sql_parser.enable_ident_normalization = true;
     options.execution.parquet.pushdown_filters = false;
+    // Broadcast rather than shuffle build sides up to this size: shuffling the
+    // probe side (often the largest table) costs more than sending every task a
+    // copy of a small build side. DataFusion decides on the byte estimate, and
+    // on the row count where no byte estimate exists.
+    options.optimizer.hash_join_single_partition_threshold = config.query.broadcast_join_max_bytes;
+    options.optimizer.hash_join_single_partition_threshold_rows =
+        (config.query.broadcast_join_max_bytes / 16).max(1);
     cfg
 }
 

@@ -19,7 +19,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::Parser;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
 use tests::answers::{batch_rows, compare, read_answer, Rows};
 use tests::cluster::{Cluster, ClusterOptions};
@@ -51,7 +51,8 @@ struct Args {
     #[arg(long)]
     executor_memory_mib: Option<usize>,
     /// A session setting for both Flotilla sessions, `name=value` (repeatable),
-    /// e.g. `--set distributed.broadcast_joins=false`.
+    /// e.g. `--set distributed.broadcast_joins=false`; `datafusion.*` settings
+    /// apply to the single-process baseline as well.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     settings: Vec<String>,
     /// Keep the generated data here between runs.
@@ -168,9 +169,23 @@ async fn main() -> Result<()> {
     let tables = data_dir.join("tpch").join(format!("sf{}", args.sf));
     // The baseline plans with the same analyzer rule Flotilla adds, so both
     // compute `avg` of decimals to the reference answers' precision.
+    // The baseline plans with Flotilla's session settings (the join thresholds
+    // among them), `datafusion.*` settings given with `--set` on top.
+    let mut baseline_config = sql::session::session_config(&sql::config::FlotillaConfig::default())
+        .with_target_partitions(args.threads);
+    for setting in &args.settings {
+        if let Some((name, value)) = setting.split_once('=') {
+            if name.trim().starts_with("datafusion.") {
+                baseline_config
+                    .options_mut()
+                    .set(name.trim(), value.trim())
+                    .with_context(|| format!("--set {setting}"))?;
+            }
+        }
+    }
     let single = SessionContext::new_with_state(
         SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(args.threads))
+            .with_config(baseline_config)
             .with_default_features()
             .with_analyzer_rule(Arc::new(sql::rules::WidenDecimalAvgRule))
             .build(),
