@@ -62,6 +62,10 @@ struct StandaloneArgs {
     /// Do not restart executors that die.
     #[arg(long)]
     no_restart: bool,
+    /// Accept injected faults (tests and chaos benchmarks only): executors take
+    /// them over the control plane, and `fault_panic(text)` exists.
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 #[derive(Args)]
@@ -81,6 +85,9 @@ struct CoordinatorArgs {
     /// Data directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Register `fault_panic(text)` (tests and chaos benchmarks only).
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 #[derive(Args)]
@@ -103,6 +110,10 @@ struct ExecutorArgs {
     /// Memory pool for query execution, in bytes.
     #[arg(long)]
     memory_limit_bytes: Option<usize>,
+    /// Accept injected faults over the control plane (tests and chaos
+    /// benchmarks only).
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 fn main() -> Result<()> {
@@ -189,6 +200,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     coordinator::run(
         config,
         Vec::new(),
+        args.fault_injection,
         |addrs| {
             println!(
                 "coordinator ready: postgres on {}, Flight SQL on grpc://{}, executors register at {}",
@@ -218,6 +230,7 @@ async fn executor(args: ExecutorArgs, data_plane: tokio::runtime::Handle) -> Res
             executor_id: args.executor_id,
             advertise_url: args.advertise_url,
             config: executor_config,
+            fault_injection: args.fault_injection,
         },
         data_plane,
         termination(),
@@ -261,10 +274,20 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = Arc::new(AtomicBool::new(false));
+    // Executors on one machine share its memory: unless configured, each gets
+    // an equal part of the default pool.
+    let children = ChildOptions {
+        config: args.config.clone(),
+        memory_limit_bytes: config
+            .executor
+            .memory_limit_bytes
+            .unwrap_or_else(|| sql::session::default_memory_pool_bytes(args.executors)),
+        fault_injection: args.fault_injection,
+    };
     let supervisor = tokio::spawn(supervise(
         args.executors,
         !args.no_restart,
-        args.config.clone(),
+        children,
         addrs_rx,
         stop_rx,
         Arc::clone(&stopping),
@@ -281,6 +304,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let result = coordinator::run(
         config,
         trusted,
+        args.fault_injection,
         move |addrs| {
             println!(
                 "Flotilla standalone: coordinator and {executors} executors.\n\
@@ -307,7 +331,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
 async fn supervise(
     count: usize,
     restart: bool,
-    config: Option<PathBuf>,
+    config: ChildOptions,
     addrs: tokio::sync::oneshot::Receiver<coordinator::CoordinatorAddrs>,
     mut stop: watch::Receiver<bool>,
     stopping: Arc<AtomicBool>,
@@ -321,7 +345,7 @@ async fn supervise(
     let mut started: Vec<Instant> = vec![Instant::now(); count];
     let mut backoff: Vec<Duration> = vec![RESTART_BACKOFF_MIN; count];
     for slot in 0..count {
-        children.push(spawn_executor(slot, &url, config.as_ref()));
+        children.push(spawn_executor(slot, &url, &config));
     }
     let mut watchers = tokio::task::JoinSet::new();
     let mut pids: Vec<Option<u32>> = children
@@ -355,7 +379,7 @@ async fn supervise(
                 if stopping.load(Ordering::SeqCst) {
                     continue;
                 }
-                if let Some(child) = spawn_executor(slot, &url, config.as_ref()) {
+                if let Some(child) = spawn_executor(slot, &url, &config) {
                     pids[slot] = child.id();
                     started[slot] = Instant::now();
                     watchers.spawn(wait_child(slot, child, exit_tx.clone()));
@@ -404,9 +428,16 @@ fn signal_pid(pid: u32, signal: i32) {
     }
 }
 
-/// Starts one executor child; it reads the [executor] section of the same
-/// configuration file, if there is one.
-fn spawn_executor(slot: usize, coordinator_url: &str, config: Option<&PathBuf>) -> Option<Child> {
+/// What every executor child is started with.
+struct ChildOptions {
+    /// The configuration file (its [executor] section applies).
+    config: Option<PathBuf>,
+    memory_limit_bytes: usize,
+    fault_injection: bool,
+}
+
+/// Starts one executor child.
+fn spawn_executor(slot: usize, coordinator_url: &str, options: &ChildOptions) -> Option<Child> {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
@@ -423,10 +454,15 @@ fn spawn_executor(slot: usize, coordinator_url: &str, config: Option<&PathBuf>) 
         .arg("127.0.0.1:0")
         .arg("--executor-id")
         .arg(format!("executor-{}", slot + 1))
+        .arg("--memory-limit-bytes")
+        .arg(options.memory_limit_bytes.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    if let Some(path) = config {
+    if let Some(path) = &options.config {
         command.arg("--config").arg(path);
+    }
+    if options.fault_injection {
+        command.arg("--fault-injection");
     }
     // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGTERM the child if
     // this process dies, so executors never outlive their standalone parent.

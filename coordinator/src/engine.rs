@@ -11,7 +11,9 @@
 //! once with [`QueryError::NoExecutors`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -31,15 +33,18 @@ use datafusion::sql::sqlparser::ast::{
     ObjectType, Set, Statement as SqlStatement, Value,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use flight::channels::{ExchangeChannels, QueryFootprint};
 use futures::StreamExt;
 use sql::catalog::{CatalogEntry, PersistentCatalog};
 use sql::config::{FlotillaConfig, TableConfig};
 use sql::policy::DataRoots;
 use sql::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA, SYSTEM_SCHEMA};
 
+use crate::admission::Admission;
+use crate::attempts::{QueryRun, Replan};
 use crate::error::{QueryError, Result};
 use crate::registry::ExecutorRegistry;
-use crate::system::ExecutorsTable;
+use crate::system::{ExecutorsTable, QueriesTable};
 
 /// Shared state of the coordinator's query service.
 pub struct Engine {
@@ -49,6 +54,13 @@ pub struct Engine {
     roots: DataRoots,
     registry: ExecutorRegistry,
     runtime: Arc<RuntimeEnv>,
+    /// Connections to executors, shared by every query.
+    channels: ExchangeChannels,
+    admission: Arc<Admission>,
+    /// Query attempts started again after a failure of the cluster.
+    retries: Arc<AtomicU64>,
+    /// Started with `--fault-injection`: sessions know `fault_panic(text)`.
+    fault_injection: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -64,13 +76,14 @@ impl Engine {
         config: FlotillaConfig,
         registry: ExecutorRegistry,
         trusted: Vec<TableConfig>,
+        fault_injection: bool,
     ) -> Result<Arc<Self>> {
         let roots = DataRoots::new(&config.effective_data_roots())?;
         let persistent = PersistentCatalog::open(&config.coordinator.data_dir)?;
         let object_stores = Arc::new(sql::object_stores::LazyObjectStoreRegistry::new(
             config.object_store.clone(),
         ));
-        let runtime = sql::session::runtime_env(object_stores, None, None)?;
+        let runtime = sql::session::runtime_env(object_stores, None, None, None)?;
         let bootstrap = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_config(sql::session::session_config(&config))
@@ -90,16 +103,29 @@ impl Engine {
             "executors".into(),
             Arc::new(ExecutorsTable::new(registry.clone())),
         )?;
+        let admission = Arc::new(Admission::new(config.admission.clone()));
+        let retries = Arc::new(AtomicU64::new(0));
+        system.register_table(
+            "queries".into(),
+            Arc::new(QueriesTable::new(
+                Arc::clone(&admission),
+                Arc::clone(&retries),
+            )),
+        )?;
         catalog.register_schema(SYSTEM_SCHEMA, system)?;
         sql::pg_catalog::register_schema(&catalog_list)?;
 
         let engine = Arc::new(Self {
+            channels: ExchangeChannels::new(config.coordinator.exchange_timeout),
             config,
             catalog_list,
             persistent,
             roots,
             registry,
             runtime,
+            admission,
+            retries,
+            fault_injection,
         });
 
         for table in trusted {
@@ -149,8 +175,8 @@ impl Engine {
         names
     }
 
-    /// A new session for one connection.
-    pub fn session(self: &Arc<Self>) -> Result<Session> {
+    /// A new session for one connection of `user`.
+    pub fn session(self: &Arc<Self>, user: &str) -> Result<Session> {
         let mut config = sql::session::session_config(&self.config);
         config = config
             .with_create_default_catalog_and_schema(false)
@@ -164,12 +190,17 @@ impl Engine {
         let builder = flight::exchange::with_distributed_planning(
             builder,
             self.registry.live(),
+            self.channels.clone(),
             &self.config.query,
         )?;
         let ctx = SessionContext::new_with_state(builder.build());
         sql::pg_catalog::register_functions(&ctx)?;
+        if self.fault_injection {
+            ctx.register_udf(flight::faults::panic_udf());
+        }
         Ok(Session {
             engine: Arc::clone(self),
+            user: user.to_string(),
             ctx,
             settings: Mutex::new(Settings::default()),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
@@ -419,10 +450,16 @@ fn is_engine_option(name: &str) -> bool {
 /// One connection's query state.
 pub struct Session {
     engine: Arc<Engine>,
+    /// Who connected (admission limits are per user).
+    user: String,
     ctx: SessionContext,
     settings: Mutex<Settings>,
     cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
 }
+
+/// A broadcast join's build side may take at most this part of the smallest
+/// executor memory pool (1/8).
+const BROADCAST_POOL_FRACTION: u64 = 8;
 
 /// Upper bound on open cursors per session.
 const CURSORS_MAX: usize = 1_000;
@@ -1063,6 +1100,10 @@ impl Session {
                 }
                 digits.to_string()
             }
+            "statement_timeout" => {
+                let timeout = parse_timeout(value).map_err(|reason| invalid(&reason))?;
+                show_timeout(timeout)
+            }
             _ => value.to_string(),
         };
         let default = setting_spec(&key).map(|s| s.1);
@@ -1155,7 +1196,7 @@ impl Session {
     }
 
     async fn explain(&self, inner: DFStatement, verbose: bool) -> Result<Output> {
-        let state = self.statement_state()?;
+        let (state, _) = self.statement_state()?;
         let logical = state.statement_to_plan(inner).await?;
         let optimized = state.optimize(&logical)?;
         let physical = self.physical_plan(&state, &optimized).await?;
@@ -1176,13 +1217,35 @@ impl Session {
     }
 
     /// The session's state for planning one statement, with task limits fitted to
-    /// the live executors. Taken once per statement: a copy clones every function
-    /// registry, which is most of the cost of a trivial query.
-    fn statement_state(&self) -> Result<datafusion::execution::SessionState> {
+    /// the live executors, and a channel resolver that records which executors
+    /// the statement reaches (the returned footprint). Taken once per statement:
+    /// a copy clones every function registry, which is most of the cost of a
+    /// trivial query.
+    fn statement_state(
+        &self,
+    ) -> Result<(datafusion::execution::SessionState, Arc<QueryFootprint>)> {
         let live = self.engine.registry.live().len();
         let mut state = self.ctx.state();
         flight::exchange::fit_task_limits(state.config_mut(), live)?;
-        Ok(state)
+        // A broadcast build side is held whole by every task that probes it: keep
+        // it to a small part of the smallest executor's memory pool.
+        if let Some(pool) = self.engine.registry.smallest_pool_bytes() {
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            let cap = (pool / BROADCAST_POOL_FRACTION) as usize;
+            if optimizer.hash_join_single_partition_threshold > cap {
+                optimizer.hash_join_single_partition_threshold = cap;
+                optimizer.hash_join_single_partition_threshold_rows = (cap / 16).max(1);
+            }
+        }
+        let footprint = flight::exchange::track_query(state.config_mut(), &self.engine.channels);
+        Ok((state, footprint))
+    }
+
+    /// `statement_timeout` in force, if any.
+    fn statement_timeout(&self) -> Option<Duration> {
+        let settings = self.lock_settings();
+        let text = settings.values.get("statement_timeout")?;
+        parse_timeout(text).ok().filter(|d| !d.is_zero())
     }
 
     /// Plans a logical plan physically, in `state` (see [`Session::statement_state`]).
@@ -1213,7 +1276,8 @@ impl Session {
 
     /// Plans and runs a statement DataFusion understands.
     async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
-        let state = self.statement_state()?;
+        let started = tokio::time::Instant::now();
+        let (mut state, footprint) = self.statement_state()?;
         let mut plan = state.statement_to_plan(statement).await?;
         if !params.is_empty() {
             plan = plan.with_param_values(params)?;
@@ -1241,9 +1305,76 @@ impl Session {
             return Ok(command(tag));
         }
         let optimized = state.optimize(&plan)?;
-        let physical = self.physical_plan(&state, &optimized).await?;
-        let stream = execute_stream(physical, Arc::new(TaskContext::from(&state)))?;
-        Ok(Output::Rows(with_display_names(stream)))
+        let timeout = self.statement_timeout().map(|d| (started + d, d));
+        // Only queries that read tables run on executors: they take the
+        // session's execution options along, are admitted, and run again if
+        // the cluster fails them.
+        let on_executors = scans_files(&optimized);
+        if on_executors {
+            flight::exchange::send_execution_options(state.config_mut())?;
+        }
+        let start = async {
+            let permit = match on_executors {
+                true => Some(self.engine.admission.admit(&self.user).await?),
+                false => None,
+            };
+            let physical = self.physical_plan(&state, &optimized).await?;
+            let stream = execute_stream(physical, Arc::new(TaskContext::from(&state)))?;
+            Ok::<_, QueryError>((stream, permit, on_executors))
+        };
+        let (stream, permit, on_executors) = match timeout {
+            Some((at, timeout)) => tokio::time::timeout_at(at, start)
+                .await
+                .map_err(|_| QueryError::StatementTimeout { timeout })??,
+            None => start.await?,
+        };
+        let replan = on_executors.then(|| Replan {
+            logical: optimized,
+            footprint,
+            registry: self.engine.registry.clone(),
+            retries_max: self.engine.config.query.retries_max,
+            retried: Arc::clone(&self.engine.retries),
+            state,
+        });
+        let run = QueryRun::new(stream, replan, timeout, permit);
+        Ok(Output::Rows(with_display_names(run.into_stream())))
+    }
+}
+
+/// A Postgres time setting: a number of milliseconds, or a number with a unit
+/// (`us`, `ms`, `s`, `min`, `h`, `d`).
+fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| {
+        "a number of milliseconds, or a number with a unit, is required".to_string()
+    })?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => number,
+        "us" => number / 1000.0,
+        "s" => number * 1e3,
+        "min" => number * 60e3,
+        "h" => number * 3600e3,
+        "d" => number * 86400e3,
+        other => return Err(format!("unknown unit \"{other}\" (us, ms, s, min, h or d)")),
+    };
+    if !millis.is_finite() || millis < 0.0 || millis > i32::MAX as f64 {
+        return Err("out of range".to_string());
+    }
+    Ok(Duration::from_micros((millis * 1000.0) as u64))
+}
+
+/// A time setting as Postgres shows it: `0`, `1500ms`, `2s`, `5min`.
+fn show_timeout(timeout: Duration) -> String {
+    let ms = timeout.as_millis();
+    match ms {
+        0 => "0".to_string(),
+        ms if ms % 60_000 == 0 => format!("{}min", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -1475,6 +1606,19 @@ mod tests {
             parse("select 'a\u{FFFD}'"),
             Err(QueryError::InvalidEncoding)
         ));
+    }
+
+    #[test]
+    fn timeouts_parse_as_postgres_writes_them() {
+        assert_eq!(parse_timeout("2000").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_timeout("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_timeout("1.5 s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_timeout("1min").unwrap(), Duration::from_secs(60));
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("5 fortnights").is_err());
+        assert_eq!(show_timeout(Duration::from_secs(2)), "2s");
+        assert_eq!(show_timeout(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show_timeout(Duration::ZERO), "0");
     }
 
     #[test]

@@ -39,6 +39,18 @@ pub enum QueryError {
     CursorExists { name: String },
     #[error("canceling statement due to user request")]
     Cancelled,
+    #[error("canceling statement due to statement timeout ({timeout:?})")]
+    StatementTimeout { timeout: std::time::Duration },
+    #[error("every executor was lost while the query ran, and none came back")]
+    ExecutorsLost,
+    #[error(
+        "too many queries: {running} running and {queued} queued for {scope}; try again later"
+    )]
+    TooManyQueries {
+        running: usize,
+        queued: usize,
+        scope: &'static str,
+    },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -62,7 +74,9 @@ impl QueryError {
                 ErrorKind::Unsupported
             }
             QueryError::Internal { .. } => ErrorKind::Internal,
-            QueryError::Cancelled => ErrorKind::Unavailable,
+            QueryError::Cancelled | QueryError::StatementTimeout { .. } => ErrorKind::Unavailable,
+            QueryError::ExecutorsLost => ErrorKind::Unavailable,
+            QueryError::TooManyQueries { .. } => ErrorKind::ResourcesExhausted,
         }
     }
 }

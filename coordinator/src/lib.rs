@@ -1,6 +1,8 @@
 //! The coordinator role: the Postgres front door, the query lifecycle, the
 //! executor registry and the control plane executors register with.
 
+pub mod admission;
+pub mod attempts;
 pub mod auth;
 pub mod engine;
 pub mod error;
@@ -39,6 +41,7 @@ impl CoordinatorAddrs {
 pub async fn run(
     config: FlotillaConfig,
     trusted_tables: Vec<TableConfig>,
+    fault_injection: bool,
     on_ready: impl FnOnce(CoordinatorAddrs) + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
@@ -70,6 +73,7 @@ pub async fn run(
     let registry = registry::ExecutorRegistry::new(
         config.coordinator.heartbeat_interval,
         config.coordinator.executor_timeout,
+        config.coordinator.exchange_timeout,
         config.object_store.clone(),
     );
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -82,7 +86,7 @@ pub async fn run(
             }),
     );
     let reaper = registry.spawn_reaper();
-    let engine = engine::Engine::start(config, registry, trusted_tables).await?;
+    let engine = engine::Engine::start(config, registry, trusted_tables, fault_injection).await?;
 
     let users = Arc::new(auth::Users::from_config(engine.config()));
     let tokens = Arc::new(auth::Tokens::new(engine.config().auth.token_ttl));

@@ -4,7 +4,7 @@
 //! than the executor timeout is dropped from scheduling at once; if it comes back
 //! it registers again as if new. [`LiveExecutors`] always mirrors the live set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,6 +15,7 @@ use flight::control::{
 };
 use flight::exchange::LiveExecutors;
 use sql::config::ObjectStoreConfig;
+use tokio::sync::watch;
 use tonic::Status;
 use url::Url;
 
@@ -35,13 +36,34 @@ struct Inner {
     executors: BTreeMap<String, ExecutorEntry>,
 }
 
+/// An executor taken out of scheduling while queries may have been using it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostExecutor {
+    pub executor_id: String,
+    pub worker_url: Url,
+    pub reason: &'static str,
+}
+
+/// The executors lost most recently, newest last; `generation` counts every
+/// loss since start.
+#[derive(Debug, Clone, Default)]
+pub struct LostExecutors {
+    pub generation: u64,
+    pub recent: VecDeque<LostExecutor>,
+}
+
+/// Losses kept for queries to look up: more than a cluster loses at once.
+const LOST_KEPT: usize = 64;
+
 /// Cluster membership, kept by the coordinator.
 #[derive(Debug, Clone)]
 pub struct ExecutorRegistry {
     inner: Arc<Mutex<Inner>>,
     live: LiveExecutors,
+    lost: Arc<watch::Sender<LostExecutors>>,
     heartbeat_interval: Duration,
     executor_timeout: Duration,
+    exchange_timeout: Duration,
     object_store: ObjectStoreConfig,
 }
 
@@ -49,6 +71,7 @@ impl ExecutorRegistry {
     pub fn new(
         heartbeat_interval: Duration,
         executor_timeout: Duration,
+        exchange_timeout: Duration,
         object_store: ObjectStoreConfig,
     ) -> Self {
         Self {
@@ -56,10 +79,73 @@ impl ExecutorRegistry {
                 executors: BTreeMap::new(),
             })),
             live: LiveExecutors::new(),
+            lost: Arc::new(watch::channel(LostExecutors::default()).0),
             heartbeat_interval,
             executor_timeout,
+            exchange_timeout,
             object_store,
         }
+    }
+
+    /// Losses of executors, as they happen: a running query watches this to
+    /// stop at once when an executor it uses is lost.
+    pub fn lost(&self) -> watch::Receiver<LostExecutors> {
+        self.lost.subscribe()
+    }
+
+    /// The smallest memory pool among live executors, as their heartbeats report.
+    pub fn smallest_pool_bytes(&self) -> Option<u64> {
+        self.lock()
+            .executors
+            .values()
+            .map(|e| e.stats.memory_pool_bytes)
+            .filter(|bytes| *bytes > 0)
+            .min()
+    }
+
+    /// How long an executor may stay silent before it is taken out of scheduling.
+    pub fn executor_timeout(&self) -> Duration {
+        self.executor_timeout
+    }
+
+    fn announce_lost(&self, lost: Vec<LostExecutor>) {
+        if lost.is_empty() {
+            return;
+        }
+        self.lost.send_modify(|state| {
+            for executor in lost {
+                state.generation += 1;
+                if state.recent.len() == LOST_KEPT {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back(executor);
+            }
+        });
+    }
+
+    /// Takes an executor that a query could not reach out of scheduling until
+    /// it registers again (a live one does so on its next heartbeat, which the
+    /// coordinator answers with "unknown"). Returns whether it was live.
+    pub fn suspect(&self, worker_url: &Url) -> bool {
+        let mut inner = self.lock();
+        let Some(id) = inner
+            .executors
+            .values()
+            .find(|e| &e.worker_url == worker_url)
+            .map(|e| e.executor_id.clone())
+        else {
+            return false;
+        };
+        inner.executors.remove(&id);
+        self.publish(&inner);
+        drop(inner);
+        tracing::warn!(executor_id = id, %worker_url, "executor unreachable; out of scheduling until it registers again");
+        self.announce_lost(vec![LostExecutor {
+            executor_id: id,
+            worker_url: worker_url.clone(),
+            reason: "unreachable",
+        }]);
+        true
     }
 
     /// The live set the planner reads.
@@ -96,10 +182,21 @@ impl ExecutorRegistry {
             ));
         }
         let mut inner = self.lock();
-        // An executor restarted at the same address replaces the old entry.
-        inner
-            .executors
-            .retain(|id, e| *id == request.executor_id || e.worker_url != worker_url);
+        // An executor restarted at the same address replaces the old entry, and
+        // one restarted under the same id at another address loses the old one.
+        let mut replaced = Vec::new();
+        inner.executors.retain(|id, e| {
+            let keep = *id != request.executor_id && e.worker_url != worker_url;
+            let same = *id == request.executor_id && e.worker_url == worker_url;
+            if !keep && !same {
+                replaced.push(LostExecutor {
+                    executor_id: id.clone(),
+                    worker_url: e.worker_url.clone(),
+                    reason: "restarted",
+                });
+            }
+            keep
+        });
         inner.executors.insert(
             request.executor_id.clone(),
             ExecutorEntry {
@@ -113,10 +210,13 @@ impl ExecutorRegistry {
             },
         );
         self.publish(&inner);
+        drop(inner);
+        self.announce_lost(replaced);
         tracing::info!(executor_id = request.executor_id, "executor registered");
         Ok(RegisterResponse {
             heartbeat_interval: self.heartbeat_interval,
             object_store: self.object_store.clone(),
+            exchange_timeout: self.exchange_timeout,
         })
     }
 
@@ -134,9 +234,15 @@ impl ExecutorRegistry {
 
     fn deregister(&self, executor_id: &str) {
         let mut inner = self.lock();
-        if inner.executors.remove(executor_id).is_some() {
+        if let Some(entry) = inner.executors.remove(executor_id) {
             self.publish(&inner);
+            drop(inner);
             tracing::info!(executor_id, "executor deregistered");
+            self.announce_lost(vec![LostExecutor {
+                executor_id: entry.executor_id,
+                worker_url: entry.worker_url,
+                reason: "stopped",
+            }]);
         }
     }
 
@@ -144,20 +250,30 @@ impl ExecutorRegistry {
     pub fn expire(&self) -> Vec<String> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let dead: Vec<String> = inner
+        let dead: Vec<LostExecutor> = inner
             .executors
             .values()
             .filter(|e| now.duration_since(e.last_heartbeat) > self.executor_timeout)
-            .map(|e| e.executor_id.clone())
+            .map(|e| LostExecutor {
+                executor_id: e.executor_id.clone(),
+                worker_url: e.worker_url.clone(),
+                reason: "missed its heartbeats",
+            })
             .collect();
-        for id in &dead {
-            inner.executors.remove(id);
-            tracing::warn!(executor_id = id, "executor missed its heartbeats; removed");
+        for lost in &dead {
+            inner.executors.remove(&lost.executor_id);
+            tracing::warn!(
+                executor_id = lost.executor_id,
+                "executor missed its heartbeats; removed"
+            );
         }
         if !dead.is_empty() {
             self.publish(&inner);
         }
-        dead
+        drop(inner);
+        let ids = dead.iter().map(|l| l.executor_id.clone()).collect();
+        self.announce_lost(dead);
+        ids
     }
 
     /// Expires silent executors until the returned task is aborted.
@@ -196,6 +312,15 @@ impl ControlHandler for ExecutorRegistry {
 mod tests {
     use super::*;
 
+    fn test_registry() -> ExecutorRegistry {
+        ExecutorRegistry::new(
+            Duration::from_millis(10),
+            Duration::from_millis(30),
+            Duration::from_secs(1),
+            ObjectStoreConfig::default(),
+        )
+    }
+
     fn request(id: &str, port: u16) -> RegisterRequest {
         RegisterRequest {
             executor_id: id.into(),
@@ -207,11 +332,7 @@ mod tests {
 
     #[test]
     fn register_heartbeat_expire() {
-        let registry = ExecutorRegistry::new(
-            Duration::from_millis(10),
-            Duration::from_millis(30),
-            ObjectStoreConfig::default(),
-        );
+        let registry = test_registry();
         registry.register(request("a", 1)).unwrap();
         registry.register(request("b", 2)).unwrap();
         assert_eq!(registry.live().len(), 2);
@@ -220,7 +341,10 @@ mod tests {
             registry
                 .heartbeat(HeartbeatRequest {
                     executor_id: "a".into(),
-                    stats: ExecutorStats { tasks_started: 3 },
+                    stats: ExecutorStats {
+                        tasks_started: 3,
+                        ..ExecutorStats::default()
+                    },
                 })
                 .known
         );
@@ -239,11 +363,7 @@ mod tests {
 
     #[test]
     fn restart_at_same_address_replaces_old_entry() {
-        let registry = ExecutorRegistry::new(
-            Duration::from_millis(10),
-            Duration::from_millis(30),
-            ObjectStoreConfig::default(),
-        );
+        let registry = test_registry();
         registry.register(request("old", 7)).unwrap();
         registry.register(request("new", 7)).unwrap();
         let ids: Vec<_> = registry
@@ -256,11 +376,7 @@ mod tests {
 
     #[test]
     fn bad_registration_is_refused() {
-        let registry = ExecutorRegistry::new(
-            Duration::from_millis(10),
-            Duration::from_millis(30),
-            ObjectStoreConfig::default(),
-        );
+        let registry = test_registry();
         let mut bad = request("x", 1);
         bad.worker_url = "not a url".into();
         assert_eq!(

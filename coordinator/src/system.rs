@@ -3,8 +3,14 @@
 //! `flotilla.executors`: one row per live executor with the tasks it has run. The
 //! counts are read from each executor when the table is scanned (falling back to the
 //! last heartbeat if the executor does not answer in time), so a client can compare
-//! them before and after a query to see which executors ran it.
+//! them before and after a query to see which executors ran it, and see an
+//! executor go idle (no task running, no memory reserved) after a query ends.
+//!
+//! `flotilla.queries`: queries running and queued now, the most that ever ran
+//! at once, how many were refused, how many attempts were started again after
+//! a failure of the cluster, and the admission limits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use flight::control::{actions, ControlClient, ExecutorStats};
 
+use crate::admission::Admission;
 use crate::registry::ExecutorRegistry;
 
 /// Time allowed for an executor to report its stats during a scan.
@@ -43,6 +50,10 @@ impl ExecutorsTable {
             ),
             Field::new("heartbeat_age_ms", DataType::Int64, false),
             Field::new("tasks_started", DataType::Int64, false),
+            Field::new("tasks_running", DataType::Int64, false),
+            Field::new("memory_reserved_bytes", DataType::Int64, false),
+            Field::new("memory_pool_bytes", DataType::Int64, false),
+            Field::new("spill_bytes", DataType::Int64, false),
         ]));
         Self { registry, schema }
     }
@@ -86,11 +97,85 @@ impl ExecutorsTable {
             Arc::new(Int64Array::from_iter_values(executors.iter().map(|e| {
                 now.saturating_duration_since(e.last_heartbeat).as_millis() as i64
             }))),
-            Arc::new(Int64Array::from_iter_values(
-                stats.iter().map(|s| s.tasks_started as i64),
-            )),
+            int_column(&stats, |s| s.tasks_started),
+            int_column(&stats, |s| s.tasks_running),
+            int_column(&stats, |s| s.memory_reserved_bytes),
+            int_column(&stats, |s| s.memory_pool_bytes),
+            int_column(&stats, |s| s.spill_bytes),
         ];
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+fn int_column(stats: &[ExecutorStats], field: impl Fn(&ExecutorStats) -> u64) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(
+        stats.iter().map(|s| field(s) as i64),
+    ))
+}
+
+/// `flotilla.queries`: one row.
+#[derive(Debug)]
+pub struct QueriesTable {
+    admission: Arc<Admission>,
+    retried: Arc<AtomicU64>,
+    schema: SchemaRef,
+}
+
+impl QueriesTable {
+    pub fn new(admission: Arc<Admission>, retried: Arc<AtomicU64>) -> Self {
+        let field = |name| Field::new(name, DataType::Int64, false);
+        let schema = Arc::new(Schema::new(vec![
+            field("running"),
+            field("queued"),
+            field("running_peak"),
+            field("rejected"),
+            field("retried"),
+            field("running_max"),
+            field("queued_max"),
+        ]));
+        Self {
+            admission,
+            retried,
+            schema,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for QueriesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let counts = self.admission.counts();
+        let config = self.admission.config();
+        let values = [
+            counts.running as i64,
+            counts.queued as i64,
+            counts.running_peak as i64,
+            counts.rejected as i64,
+            self.retried.load(Ordering::Relaxed) as i64,
+            config.running_max as i64,
+            config.queued_max as i64,
+        ];
+        let columns: Vec<ArrayRef> = values
+            .iter()
+            .map(|v| Arc::new(Int64Array::from(vec![*v])) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let table = MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?;
+        table.scan(state, projection, filters, limit).await
     }
 }
 

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flight::channels::ExchangeChannels;
 use flight::control::{
     actions, decode, encode, ControlClient, ControlHandler, ControlService, DeregisterRequest,
     HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
 use flight::exchange::{ExchangeWorker, TaskCounters};
+use flight::faults::{FaultSpec, Faults};
 use serde::de::IgnoredAny;
 use sql::config::{ExecutorConfig, ObjectStoreConfig};
 use sql::object_stores::LazyObjectStoreRegistry;
@@ -39,6 +41,12 @@ pub enum ExecutorError {
     Setup(#[from] sql::SqlError),
     #[error("worker service failed: {message}")]
     Serve { message: String },
+    #[error("cannot create the spill directory {path}: {source}")]
+    SpillDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ExecutorError {
@@ -50,6 +58,7 @@ impl ExecutorError {
             }
             ExecutorError::Setup(e) => e.kind(),
             ExecutorError::Serve { .. } => sql::ErrorKind::Internal,
+            ExecutorError::SpillDir { .. } => sql::ErrorKind::Unavailable,
         }
     }
 }
@@ -65,6 +74,9 @@ pub struct ExecutorOptions {
     /// an unspecified address (0.0.0.0), else derived from the bound address.
     pub advertise_url: Option<String>,
     pub config: ExecutorConfig,
+    /// Accept injected faults over the control plane (tests and chaos
+    /// benchmarks only; see `flight::faults`).
+    pub fault_injection: bool,
 }
 
 /// Time allowed for one control-plane call.
@@ -105,19 +117,43 @@ pub async fn run(
         .unwrap_or_else(|| format!("executor-{}", &uuid::Uuid::new_v4().to_string()[..8]));
 
     let object_stores = Arc::new(LazyObjectStoreRegistry::new(ObjectStoreConfig::default()));
+    let memory_pool_bytes = options
+        .config
+        .memory_limit_bytes
+        .unwrap_or_else(|| sql::session::default_memory_pool_bytes(1));
+    let spill_dir = spill_dir(&options.config, &executor_id)?;
     let runtime = sql::session::runtime_env(
         Arc::clone(&object_stores),
-        options.config.memory_limit_bytes,
-        options.config.spill_dir.as_deref(),
+        Some(memory_pool_bytes),
+        Some(&spill_dir),
+        Some(options.config.spill_bytes_max),
     )?;
-    let worker = ExchangeWorker::new(runtime);
+    tracing::info!(
+        executor_id,
+        memory_pool_bytes,
+        spill_dir = %spill_dir.display(),
+        spill_bytes_max = options.config.spill_bytes_max,
+        "executor resources"
+    );
+    let faults = Arc::new(if options.fault_injection {
+        tracing::warn!(
+            executor_id,
+            "fault injection is on: this executor takes injected faults"
+        );
+        Faults::enabled(&executor_id)
+    } else {
+        Faults::disabled()
+    });
+    let channels =
+        ExchangeChannels::new(sql::config::CoordinatorConfig::default().exchange_timeout);
+    let worker = ExchangeWorker::new(runtime, channels.clone(), Arc::clone(&faults));
     let counters = worker.counters();
     let stats = ControlService::new_server(Arc::new(StatsHandler {
         counters: Arc::clone(&counters),
+        faults,
     }));
 
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
-    let router = worker.router(&mut server).add_service(stats);
+    let router = worker.router().add_service(stats);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = data_plane.spawn(async move {
         // The listener belongs to the runtime that polls it.
@@ -148,6 +184,7 @@ pub async fn run(
         },
         counters,
         object_stores,
+        channels,
     };
     let heartbeats = tokio::spawn(membership.run());
 
@@ -174,6 +211,35 @@ pub async fn run(
     }
 }
 
+/// The spill directory of this executor: `<spill_dir>/flotilla-<executor_id>`,
+/// emptied at start, so that spill files a killed predecessor of the same id
+/// left behind do not stay on disk.
+fn spill_dir(
+    config: &ExecutorConfig,
+    executor_id: &str,
+) -> Result<std::path::PathBuf, ExecutorError> {
+    let base = config.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let safe: String = executor_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = base.join(format!("flotilla-{safe}"));
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|source| ExecutorError::SpillDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
 /// Keeps this executor registered: registers, heartbeats, registers again when the
 /// coordinator has forgotten it, and keeps trying while it cannot be reached.
 struct Membership {
@@ -181,6 +247,7 @@ struct Membership {
     request: RegisterRequest,
     counters: Arc<TaskCounters>,
     object_stores: Arc<LazyObjectStoreRegistry>,
+    channels: ExchangeChannels,
 }
 
 impl Membership {
@@ -226,6 +293,8 @@ impl Membership {
             {
                 Ok(response) => {
                     self.object_stores.set_config(response.object_store);
+                    self.channels
+                        .set_exchange_timeout(response.exchange_timeout);
                     tracing::info!(
                         executor_id = self.request.executor_id,
                         coordinator = self.coordinator.url(),
@@ -242,9 +311,11 @@ impl Membership {
     }
 }
 
-/// Answers the coordinator's stats requests.
+/// Answers the coordinator's stats requests (and, on an executor started with
+/// fault injection, requests to inject faults).
 struct StatsHandler {
     counters: Arc<TaskCounters>,
+    faults: Arc<Faults>,
 }
 
 #[tonic::async_trait]
@@ -254,6 +325,11 @@ impl ControlHandler for StatsHandler {
             actions::STATS => {
                 let _: IgnoredAny = decode(&body)?;
                 encode(&self.counters.stats())
+            }
+            actions::FAULTS => {
+                let spec: FaultSpec = decode(&body)?;
+                self.faults.set(&spec)?;
+                encode(&serde_json::Value::Null)
             }
             other => Err(Status::unimplemented(format!(
                 "executor does not serve action '{other}'"

@@ -29,6 +29,9 @@ pub mod actions {
     pub const HEARTBEAT: &str = "flotilla.heartbeat";
     pub const DEREGISTER: &str = "flotilla.deregister";
     pub const STATS: &str = "flotilla.stats";
+    /// Executors started with `--fault-injection` only: replace the injected
+    /// faults (body: [`crate::faults::FaultSpec`]).
+    pub const FAULTS: &str = "flotilla.faults";
 }
 
 /// Sent by an executor when it starts (and again if the coordinator forgot it).
@@ -47,6 +50,9 @@ pub struct RegisterResponse {
     #[serde(with = "duration_ms")]
     pub heartbeat_interval: Duration,
     pub object_store: ObjectStoreConfig,
+    /// How long a peer may take to start answering an exchange request.
+    #[serde(with = "duration_ms")]
+    pub exchange_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,9 +75,18 @@ pub struct DeregisterRequest {
 
 /// Counters an executor keeps about its own work.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ExecutorStats {
     /// Tasks whose fragment this executor accepted since it started.
     pub tasks_started: u64,
+    /// Task streams open now (0: the executor is idle).
+    pub tasks_running: u64,
+    /// Bytes operators hold in the memory pool now.
+    pub memory_reserved_bytes: u64,
+    /// Size of the memory pool.
+    pub memory_pool_bytes: u64,
+    /// Bytes of spill files on disk now.
+    pub spill_bytes: u64,
 }
 
 /// Serves one side of the control plane: it gets each action's name and JSON body.

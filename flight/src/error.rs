@@ -25,6 +25,14 @@ pub enum FlightError {
     },
     #[error("server stopped: {message}")]
     Serve { message: String },
+    /// An executor a running query used went away: the coordinator stopped
+    /// hearing from it, or it re-registered at another address.
+    #[error("executor {executor_id} ({url}) was lost while the query ran: {reason}")]
+    ExecutorLost {
+        executor_id: String,
+        url: String,
+        reason: String,
+    },
 }
 
 impl FlightError {
@@ -41,7 +49,7 @@ impl FlightError {
                 _ => ErrorKind::Internal,
             },
             FlightError::Protocol { .. } | FlightError::Serve { .. } => ErrorKind::Internal,
-            FlightError::Listen { .. } => ErrorKind::Unavailable,
+            FlightError::Listen { .. } | FlightError::ExecutorLost { .. } => ErrorKind::Unavailable,
         }
     }
 

@@ -11,8 +11,10 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::memory::DataSourceExec;
+use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
@@ -20,12 +22,16 @@ use datafusion::prelude::SessionConfig;
 use datafusion_distributed::{
     display_plan_ascii, CompressionType, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
     DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt,
-    SessionStateBuilderExt, Worker, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    SessionStateBuilderExt, Worker, WorkerPlanRewriteEvent, WorkerPlanRewriteEventResponse,
+    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use sql::config::QueryConfig;
 use url::Url;
 
+use crate::channels::{ExchangeChannels, QueryFootprint};
 use crate::control::ExecutorStats;
+use crate::faults::{ExchangeFaultLayer, Faults};
+use crate::guard::{guard_fragment, TaskGauge};
 
 /// The worker URLs of the executors that are alive, shared between the registry
 /// that updates it and the planner that reads it.
@@ -63,10 +69,12 @@ impl WorkerResolver for LiveExecutors {
     }
 }
 
-/// Makes a session plan every query into stages that run on `executors`.
+/// Makes a session plan every query into stages that run on `executors`,
+/// reached through `channels`.
 pub fn with_distributed_planning(
     builder: SessionStateBuilder,
     executors: LiveExecutors,
+    channels: ExchangeChannels,
     query: &QueryConfig,
 ) -> Result<SessionStateBuilder> {
     let compression = match query.exchange_compression.as_str() {
@@ -76,6 +84,7 @@ pub fn with_distributed_planning(
     };
     builder
         .with_distributed_worker_resolver(executors.clone())
+        .with_distributed_channel_resolver(channels)
         .with_distributed_planner()
         .with_distributed_file_scan_config_bytes_per_partition(query.scan_bytes_per_partition)?
         .with_distributed_compression(compression)?
@@ -103,6 +112,74 @@ pub fn fit_task_limits(config: &mut SessionConfig, live_executors: usize) -> Res
         d_cfg.max_tasks_per_stage = live_executors.max(2);
     }
     Ok(())
+}
+
+/// Gives one statement's configuration its own channel resolver (sharing the
+/// connections of `channels`), and returns the footprint it records: every
+/// executor the statement's plan reaches.
+pub fn track_query(config: &mut SessionConfig, channels: &ExchangeChannels) -> Arc<QueryFootprint> {
+    let (resolver, footprint) = channels.for_query();
+    config.set_distributed_channel_resolver(resolver);
+    footprint
+}
+
+/// Makes every task of a statement carry the statement's execution options
+/// that differ from DataFusion's defaults (`SET datafusion.execution.batch_size
+/// = ...`): `datafusion-distributed` carries only its own options to executors,
+/// which would otherwise run every fragment with defaults. Call it before the
+/// statement is planned physically, for statements that run on executors.
+pub fn send_execution_options(config: &mut SessionConfig) -> Result<()> {
+    static DEFAULTS: std::sync::OnceLock<std::collections::HashMap<String, Option<String>>> =
+        std::sync::OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(|| {
+        ConfigOptions::default()
+            .entries()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect()
+    });
+    let mut headers = http::HeaderMap::new();
+    for entry in config.options().entries() {
+        let propagated = EXECUTOR_OPTION_PREFIXES
+            .iter()
+            .any(|prefix| entry.key.starts_with(prefix));
+        let (true, Some(value)) = (propagated, entry.value) else {
+            continue;
+        };
+        if defaults.get(&entry.key) == Some(&Some(value.clone())) {
+            continue;
+        }
+        let name = format!("{OPTION_HEADER_PREFIX}{}", entry.key);
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::try_from(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    config.set_distributed_passthrough_headers(headers)
+}
+
+/// Options that shape how a fragment runs (and not only how it is planned).
+const EXECUTOR_OPTION_PREFIXES: [&str; 1] = ["datafusion.execution."];
+/// Header that carries one option to executors: the prefix, then the key.
+const OPTION_HEADER_PREFIX: &str = "x-flotilla-option-";
+
+/// Applies the options a coordinator sent with a task (see [`track_query`]).
+fn apply_sent_options(config: &mut SessionConfig, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(OPTION_HEADER_PREFIX) else {
+            continue;
+        };
+        let allowed = EXECUTOR_OPTION_PREFIXES.iter().any(|p| key.starts_with(p));
+        let Ok(value) = value.to_str() else { continue };
+        if !allowed {
+            continue;
+        }
+        if let Err(error) = config.options_mut().set(key, value) {
+            tracing::warn!(key, value, %error, "option sent with a task not applied");
+        }
+    }
 }
 
 /// The staged plan as text: stages, tasks per stage and the exchanges between them.
@@ -157,15 +234,25 @@ impl DesiredTaskCountHandler for SpreadLeafTasks {
 }
 
 /// Counters of the work an executor did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TaskCounters {
     tasks_started: AtomicU64,
+    gauge: Arc<TaskGauge>,
+    runtime: Arc<RuntimeEnv>,
 }
 
 impl TaskCounters {
     pub fn stats(&self) -> ExecutorStats {
+        let pool = &self.runtime.memory_pool;
         ExecutorStats {
             tasks_started: self.tasks_started.load(Ordering::Relaxed),
+            tasks_running: self.gauge.running(),
+            memory_reserved_bytes: pool.reserved() as u64,
+            memory_pool_bytes: match pool.memory_limit() {
+                MemoryLimit::Finite(bytes) => bytes as u64,
+                _ => 0,
+            },
+            spill_bytes: self.runtime.disk_manager.used_disk_space(),
         }
     }
 }
@@ -175,31 +262,68 @@ impl TaskCounters {
 pub struct ExchangeWorker {
     worker: Worker,
     counters: Arc<TaskCounters>,
+    faults: Arc<Faults>,
 }
 
 impl ExchangeWorker {
-    pub fn new(runtime: Arc<RuntimeEnv>) -> Self {
-        let counters = Arc::new(TaskCounters::default());
-        let template = SessionStateBuilder::new()
+    /// A worker over `runtime` (memory pool, disk manager, object stores), whose
+    /// own requests to other executors go through `channels`.
+    pub fn new(runtime: Arc<RuntimeEnv>, channels: ExchangeChannels, faults: Arc<Faults>) -> Self {
+        let gauge = Arc::new(TaskGauge::default());
+        let counters = Arc::new(TaskCounters {
+            tasks_started: AtomicU64::new(0),
+            gauge: Arc::clone(&gauge),
+            runtime: Arc::clone(&runtime),
+        });
+        let mut template = SessionStateBuilder::new()
             .with_default_features()
             .with_runtime_env(Arc::clone(&runtime))
             .build();
+        if faults.is_enabled() {
+            let _ = datafusion::execution::FunctionRegistry::register_udf(
+                &mut template,
+                Arc::new(crate::faults::panic_udf()),
+            );
+        }
+        let default_reservation = ConfigOptions::default()
+            .execution
+            .sort_spill_reservation_bytes;
+        let sort_spill_reservation_bytes = match runtime.memory_pool.memory_limit() {
+            MemoryLimit::Finite(pool) => default_reservation.min(pool / 32),
+            _ => default_reservation,
+        };
         let worker = Worker::from_session_builder(CountingSessionBuilder {
             counters: Arc::clone(&counters),
             template,
+            channels,
+            gauge,
+            faults: Arc::clone(&faults),
+            sort_spill_reservation_bytes,
         })
         .with_runtime_env(runtime)
         .with_version(env!("CARGO_PKG_VERSION"));
-        Self { worker, counters }
+        Self {
+            worker,
+            counters,
+            faults,
+        }
     }
 
     pub fn counters(&self) -> Arc<TaskCounters> {
         Arc::clone(&self.counters)
     }
 
-    /// Starts a router holding the worker service.
-    pub fn router(self, server: &mut tonic::transport::Server) -> tonic::transport::server::Router {
-        server.add_service(self.worker.into_worker_server())
+    /// A gRPC router holding the worker service, with the exchange faults (inert
+    /// unless fault injection is on) in front of it.
+    pub fn router(
+        self,
+    ) -> tonic::transport::server::Router<
+        tower::layer::util::Stack<ExchangeFaultLayer, tower::layer::util::Identity>,
+    > {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .layer(ExchangeFaultLayer::new(self.faults))
+            .add_service(self.worker.into_worker_server())
     }
 }
 
@@ -209,6 +333,10 @@ struct CountingSessionBuilder {
     /// built once. A task gets a copy with its own configuration: building a
     /// state registers every function anew, a tenth of a trivial task's cost.
     template: SessionState,
+    channels: ExchangeChannels,
+    gauge: Arc<TaskGauge>,
+    faults: Arc<Faults>,
+    sort_spill_reservation_bytes: usize,
 }
 
 #[async_trait]
@@ -220,9 +348,23 @@ impl WorkerSessionBuilder for CountingSessionBuilder {
         // Called once per task the coordinator sends here.
         self.counters.tasks_started.fetch_add(1, Ordering::Relaxed);
         let mut builder = ctx.builder;
-        let Some(config) = builder.config().take() else {
+        let Some(mut config) = builder.config().take() else {
             return Ok(builder.build());
         };
+        // Merging spilled runs reserves this much per sort: DataFusion's 10 MiB
+        // suits gigabyte pools, and would leave a small pool nothing but these
+        // reservations. A coordinator's explicit setting, applied next, wins.
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            self.sort_spill_reservation_bytes;
+        apply_sent_options(&mut config, &ctx.headers);
+        config.set_distributed_channel_resolver(self.channels.clone());
+        let gauge = Arc::clone(&self.gauge);
+        let faults = Arc::clone(&self.faults);
+        config.set_distributed_worker_plan_rewrite_handler(
+            move |ev: WorkerPlanRewriteEvent<'_>| {
+                guard_fragment(ev.plan, &gauge, &faults).map(WorkerPlanRewriteEventResponse::new)
+            },
+        );
         let mut state = self.template.clone();
         *state.config_mut() = config;
         Ok(state)

@@ -23,6 +23,8 @@ pub struct FlotillaConfig {
     #[serde(default)]
     pub query: QueryConfig,
     #[serde(default)]
+    pub admission: AdmissionConfig,
+    #[serde(default)]
     pub object_store: ObjectStoreConfig,
     #[serde(default)]
     pub auth: AuthConfig,
@@ -50,9 +52,16 @@ pub struct CoordinatorConfig {
     /// How often executors heartbeat.
     #[serde(with = "duration_text")]
     pub heartbeat_interval: Duration,
-    /// An executor silent for this long is taken out of scheduling.
+    /// An executor silent for this long is taken out of scheduling, and the
+    /// queries it was working for start again on the others.
     #[serde(with = "duration_text")]
     pub executor_timeout: Duration,
+    /// How long an executor may take to start answering a request for a task's
+    /// output or a fragment (streaming the rows may take as long as it takes).
+    /// Past it the executor counts as lost for that query. Executors get the
+    /// value when they register.
+    #[serde(with = "duration_text")]
+    pub exchange_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -65,6 +74,7 @@ impl Default for CoordinatorConfig {
             data_roots: Vec::new(),
             heartbeat_interval: Duration::from_millis(500),
             executor_timeout: Duration::from_secs(3),
+            exchange_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -74,10 +84,17 @@ impl Default for CoordinatorConfig {
 pub struct ExecutorConfig {
     /// Address the executor's worker service listens on (port 0: any free port).
     pub listen: SocketAddr,
-    /// Memory pool size for query execution; `None` means unbounded.
+    /// Memory pool size for query execution. Unset: 70 % of the memory this
+    /// process may use (its cgroup limit, else the machine's), shared among the
+    /// executors `standalone` starts on one machine. Sorts, aggregations and
+    /// sort-merge joins spill to disk beyond it; an operator that cannot spill
+    /// fails its query with a resources-exhausted error.
     pub memory_limit_bytes: Option<usize>,
     /// Directory for spill files; `None` means the system temporary directory.
     pub spill_dir: Option<PathBuf>,
+    /// Most bytes of spill files on disk at once; a query that needs more fails
+    /// with a resources-exhausted error.
+    pub spill_bytes_max: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -86,6 +103,35 @@ impl Default for ExecutorConfig {
             listen: "127.0.0.1:0".parse().expect("valid default address"),
             memory_limit_bytes: None,
             spill_dir: None,
+            spill_bytes_max: 64 << 30,
+        }
+    }
+}
+
+/// Limits on the queries that run on executors at once (statements answered
+/// by the coordinator alone, such as catalog queries and `SET`, are not
+/// counted). A query over the running limit waits in the queue; one over the
+/// queue's limit is refused at once (SQLSTATE 53300, `RESOURCE_EXHAUSTED`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Queries running at once, cluster-wide.
+    pub running_max: usize,
+    /// Queries waiting for a running slot, cluster-wide.
+    pub queued_max: usize,
+    /// Queries one user may run at once; 0: no per-user limit.
+    pub user_running_max: usize,
+    /// Queries one user may have waiting; 0: no per-user limit.
+    pub user_queued_max: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            running_max: 32,
+            queued_max: 256,
+            user_running_max: 0,
+            user_queued_max: 0,
         }
     }
 }
@@ -106,6 +152,10 @@ pub struct QueryConfig {
     /// whole (in a cluster: broadcasts it to every task of the probe side)
     /// instead of shuffling both sides by key. DataFusion's own default is 1 MiB.
     pub broadcast_join_max_bytes: usize,
+    /// Times a query is run again after a failure of the cluster (an executor
+    /// lost or unreachable) before the failure is reported, as long as no row
+    /// has reached the client. Failures of the query itself are never retried.
+    pub retries_max: u32,
 }
 
 impl Default for QueryConfig {
@@ -116,6 +166,7 @@ impl Default for QueryConfig {
             scan_bytes_per_partition: 4 * 1024 * 1024,
             exchange_compression: "none".to_string(),
             broadcast_join_max_bytes: 64 * 1024 * 1024,
+            retries_max: 2,
         }
     }
 }
@@ -257,6 +308,12 @@ impl FlotillaConfig {
                 "coordinator.executor_timeout must be longer than coordinator.heartbeat_interval"
                     .into(),
             ));
+        }
+        if self.coordinator.exchange_timeout.is_zero() {
+            return Err(bad("coordinator.exchange_timeout must be above zero".into()));
+        }
+        if self.admission.running_max == 0 {
+            return Err(bad("admission.running_max must be above zero".into()));
         }
         if self.query.batch_size == 0 {
             return Err(bad("query.batch_size must be above zero".into()));

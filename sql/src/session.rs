@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::num::NonZeroUsize;
+
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionConfig;
 
@@ -39,18 +42,83 @@ pub fn session_config(config: &FlotillaConfig) -> SessionConfig {
 }
 
 /// A runtime whose object stores come from `registry`, with an optional memory
-/// pool size and spill directory.
+/// pool size, and spill files (if any) under `spill_dir` up to `spill_bytes_max`.
 pub fn runtime_env(
     registry: Arc<LazyObjectStoreRegistry>,
     memory_limit_bytes: Option<usize>,
     spill_dir: Option<&Path>,
+    spill_bytes_max: Option<u64>,
 ) -> Result<Arc<RuntimeEnv>> {
     let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(registry);
     if let Some(limit) = memory_limit_bytes {
-        builder = builder.with_memory_limit(limit, 1.0);
+        // Fair rather than greedy: operators that can spill (sorts,
+        // aggregations, repartitions) each get an equal share and spill early,
+        // which leaves room for those that cannot (hash join build sides, the
+        // merge phase of a sort) instead of letting the first sort take it all.
+        builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            NonZeroUsize::new(5).expect("nonzero"),
+        )));
+        // A merge of spilled runs reserves a buffer per run it reads, as many
+        // runs as the pool lets it: in a small pool one merge would take the
+        // memory every other operator needs. Bound the runs per merge pass
+        // (more passes, bounded memory); large pools keep DataFusion's default.
+        if let Some(fan_in) = spill_merge_fan_in(limit) {
+            builder = builder.with_max_spill_merge_fan_in(fan_in);
+        }
     }
     if let Some(dir) = spill_dir {
         builder = builder.with_temp_file_path(dir);
     }
+    if let Some(bytes) = spill_bytes_max {
+        builder = builder.with_max_temp_directory_size(bytes);
+    }
     Ok(builder.build_arc()?)
+}
+
+/// Spilled runs one merge pass may read, for a pool of `pool_bytes`: one per
+/// 16 MiB of pool, 2 to 16; `None` (no bound) from 1 GiB up.
+pub fn spill_merge_fan_in(pool_bytes: usize) -> Option<usize> {
+    (pool_bytes < 1 << 30).then(|| (pool_bytes >> 24).clamp(2, 16))
+}
+
+/// The memory pool an executor gets when none is configured: 70 % of what this
+/// process may use (its cgroup's limit, else the machine's memory), divided by
+/// `executors_on_host`.
+pub fn default_memory_pool_bytes(executors_on_host: usize) -> usize {
+    let usable = cgroup_memory_limit()
+        .into_iter()
+        .chain(physical_memory())
+        .min()
+        .unwrap_or(4 << 30);
+    let share = usable / 10 * 7 / executors_on_host.max(1) as u64;
+    share.max(64 << 20) as usize
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), if one is set.
+fn cgroup_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // v1 reports "no limit" as a huge number.
+    .find(|bytes| *bytes < 1 << 60)
+}
+
+/// `MemTotal` from `/proc/meminfo`.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -23,6 +23,8 @@ pub struct ClusterOptions {
     pub target_partitions: usize,
     /// Password of user `flotilla`; `None` leaves authentication at `trust`.
     pub password: Option<String>,
+    /// Start with `--fault-injection` (executors take faults; `fault_panic` exists).
+    pub fault_injection: bool,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +37,7 @@ impl Default for ClusterOptions {
             data_dir: None,
             target_partitions: 2,
             password: None,
+            fault_injection: false,
         }
     }
 }
@@ -117,6 +120,9 @@ impl Cluster {
             .arg(options.tpch.unwrap_or(0.0).to_string());
         if !options.restart {
             command.arg("--no-restart");
+        }
+        if options.fault_injection {
+            command.arg("--fault-injection");
         }
         let mut cluster = Self::spawn(command, data_dir, tmp, Duration::from_secs(300))?;
         cluster.password = options.password;

@@ -140,6 +140,7 @@ async fn main() -> Result<()> {
         data_dir: Some(data_dir.clone()),
         target_partitions: 2,
         password: None,
+        fault_injection: false,
     };
     // A first start generates the data; the measured one finds it present.
     {

@@ -145,6 +145,7 @@ async fn main() -> Result<()> {
         data_dir: Some(data_dir.clone()),
         target_partitions: args.threads,
         password: None,
+        fault_injection: false,
     })?;
     cluster
         .wait_executors(args.executors, Duration::from_secs(60))

@@ -348,8 +348,11 @@ impl FlightSqlFrontDoor {
         })
     }
 
-    fn new_session(&self) -> Result<Arc<Session>, Status> {
-        self.engine.session().map(Arc::new).map_err(|e| status(&e))
+    fn new_session(&self, user: &str) -> Result<Arc<Session>, Status> {
+        self.engine
+            .session(user)
+            .map(Arc::new)
+            .map_err(|e| status(&e))
     }
 
     /// Who is calling, from the `authorization` headers: a bearer token from the
@@ -369,7 +372,7 @@ impl FlightSqlFrontDoor {
                         "the bearer token is invalid or expired; authenticate again",
                     ));
                 };
-                let session = self.session_for(token)?;
+                let session = self.session_for(token, &user)?;
                 return Ok(Caller {
                     user,
                     token: Some(token.to_string()),
@@ -387,16 +390,16 @@ impl FlightSqlFrontDoor {
                 )));
             }
             return Ok(Caller {
+                session: self.new_session(&user)?,
                 user,
                 token: None,
-                session: self.new_session()?,
             });
         }
         if self.users.method() == sql::config::AuthMethod::Trust {
             return Ok(Caller {
                 user: ANONYMOUS.to_string(),
                 token: None,
-                session: self.new_session()?,
+                session: self.new_session(ANONYMOUS)?,
             });
         }
         Err(Status::unauthenticated(
@@ -404,7 +407,7 @@ impl FlightSqlFrontDoor {
         ))
     }
 
-    fn session_for(&self, token: &str) -> Result<Arc<Session>, Status> {
+    fn session_for(&self, token: &str, user: &str) -> Result<Arc<Session>, Status> {
         let mut sessions = lock(&self.sessions);
         if let Some(session) = sessions.get(token) {
             return Ok(Arc::clone(session));
@@ -417,7 +420,7 @@ impl FlightSqlFrontDoor {
                 "too many open Flight SQL sessions",
             ));
         }
-        let session = self.new_session()?;
+        let session = self.new_session(user)?;
         sessions.insert(token.to_string(), Arc::clone(&session));
         Ok(session)
     }
@@ -462,7 +465,7 @@ impl FlightSqlFrontDoor {
             }
         };
         let token = self.tokens.issue(&user);
-        self.session_for(&token)?;
+        self.session_for(&token, &user)?;
         let response = HandshakeResponse {
             protocol_version: 0,
             payload: Bytes::from(token.clone()),

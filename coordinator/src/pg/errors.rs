@@ -30,6 +30,11 @@ pub fn message(error: &QueryError) -> String {
 
 /// DataFusion wraps messages in prefixes and context chains; keep what the user needs.
 fn clean_message(error: &DataFusionError) -> String {
+    if let DataFusionError::External(inner) = error {
+        if let Some(e) = inner.downcast_ref::<QueryError>() {
+            return message(e);
+        }
+    }
     let text = error.to_string();
     let trimmed = text
         .trim_start_matches("External error: ")
@@ -61,7 +66,9 @@ pub fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::InvalidEncoding => "22021",
         QueryError::BadParameter { .. } => "22P02",
         QueryError::Internal { .. } => "XX000",
-        QueryError::Cancelled => "57014",
+        QueryError::Cancelled | QueryError::StatementTimeout { .. } => "57014",
+        QueryError::ExecutorsLost => "57P03",
+        QueryError::TooManyQueries { .. } => "53300",
         QueryError::CursorNotFound { .. } => "34000",
         QueryError::WrongParameterCount { .. } => "08P01",
         QueryError::CursorExists { .. } => "42P03",
@@ -78,9 +85,25 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
             datafusion_sqlstate(inner)
         }
         DataFusionError::Shared(inner) => datafusion_sqlstate(inner),
+        DataFusionError::IoError(e) if is_network(e) => "57P03",
+        DataFusionError::IoError(_) => "58030",
         DataFusionError::External(inner) => {
             if let Some(e) = inner.downcast_ref::<DataFusionError>() {
                 return datafusion_sqlstate(e);
+            }
+            // Failures of a query's run (timeout, lost executors) travel in its
+            // result stream as external errors.
+            if let Some(e) = inner.downcast_ref::<QueryError>() {
+                return sqlstate(e);
+            }
+            if let Some(e) = inner.downcast_ref::<flight::FlightError>() {
+                return match e.kind() {
+                    sql::ErrorKind::Unavailable => "57P03",
+                    _ => "XX000",
+                };
+            }
+            if let Some(e) = inner.downcast_ref::<std::io::Error>() {
+                return if is_network(e) { "57P03" } else { "58030" };
             }
             if let Some(e) = inner.downcast_ref::<ArrowError>() {
                 return arrow_sqlstate(e);
@@ -93,6 +116,11 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
         DataFusionError::Configuration(_) => "22023",
         other => by_message(&other.to_string()).unwrap_or("XX000"),
     }
+}
+
+/// An I/O error that says a peer is gone or unreachable.
+fn is_network(error: &std::io::Error) -> bool {
+    flight::failure::is_network_kind(error.kind())
 }
 
 fn arrow_sqlstate(error: &ArrowError) -> &'static str {

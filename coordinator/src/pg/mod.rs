@@ -256,7 +256,12 @@ impl PgHandler {
             .session_extensions()
             .insert::<Arc<ConnectionHandle>>(handle);
         client.session_extensions().insert::<ConnectionGuard>(guard);
-        let session = self.engine.session().map_err(|e| pg_error(&e))?;
+        let user = client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
+        let session = self.engine.session(&user).map_err(|e| pg_error(&e))?;
         client.session_extensions().insert::<Session>(session);
         finish_authentication(client, &self.parameters).await
     }

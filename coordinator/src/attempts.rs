@@ -1,0 +1,425 @@
+//! One query's result stream, run to its end whatever happens to the cluster.
+//!
+//! [`QueryRun`] wraps the stream of a query's first attempt and adds:
+//!
+//! - **executor loss**: when the registry takes out of scheduling an executor
+//!   this query talked to (missed heartbeats, restarted elsewhere, found
+//!   unreachable), the attempt stops at once instead of waiting on it;
+//! - **retries**: an attempt that fails for a reason of the cluster, not of the
+//!   query ([`flight::failure::is_retryable`]), is planned and run again on the
+//!   executors alive then, up to `query.retries_max` times, as long as no row
+//!   has left this stream. Executors that do not answer a probe are taken out
+//!   of scheduling first; with none left it waits up to the executor timeout
+//!   for one to register. Rows are never duplicated or partial: once a row is
+//!   out, a failure is reported to the client;
+//! - **the statement timeout** (`SET statement_timeout`), over the whole run;
+//! - **joins that spill**: an attempt that exhausts an executor's memory pool
+//!   in a query with joins runs once more with sort-merge joins, which spill
+//!   to disk (hash joins cannot: their build side must fit in memory). If that
+//!   fails too, the resources-exhausted error is the answer;
+//! - the admission **permit**, held until the stream ends or is dropped;
+//! - a **panic** in an operator that runs here becomes the query's error.
+//!
+//! Dropping the stream drops the attempt's stream, which stops the query on
+//! every executor (`datafusion-distributed` ends the tasks when their
+//! coordinator channels close).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use flight::channels::QueryFootprint;
+use flight::control::ControlClient;
+use flight::FlightError;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::admission::Permit;
+use crate::error::QueryError;
+use crate::registry::{ExecutorRegistry, LostExecutors};
+
+/// Time an executor has to answer the probe made before a retry.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause before the first retry; doubled for each further one.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How to run a query again: its optimized plan and the session state it was
+/// planned in (whose channel resolver records the query's footprint).
+pub struct Replan {
+    pub state: SessionState,
+    pub logical: LogicalPlan,
+    pub footprint: Arc<QueryFootprint>,
+    pub registry: ExecutorRegistry,
+    pub retries_max: u32,
+    /// Counts the attempts started again, cluster-wide (`flotilla.queries`).
+    pub retried: Arc<AtomicU64>,
+}
+
+impl Replan {
+    /// Whether the query joins tables (a sort-merge plan may then fit where the
+    /// hash-join plan did not) and still plans hash joins.
+    fn may_sort_merge(&self) -> bool {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut joins = false;
+        let _ = self.logical.apply_with_subqueries(|node| {
+            if let LogicalPlan::Join(join) = node {
+                if !join.on.is_empty() {
+                    joins = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        joins && self.state.config_options().optimizer.prefer_hash_join
+    }
+}
+
+/// A running query: see the module documentation.
+pub struct QueryRun {
+    stream: Option<SendableRecordBatchStream>,
+    replan: Option<Replan>,
+    retries: u32,
+    /// Rows (or any batch) have left this stream: no more retries.
+    emitted: bool,
+    lost: Option<watch::Receiver<LostExecutors>>,
+    deadline: Option<(Instant, Duration)>,
+    _permit: Option<Permit>,
+    done: bool,
+}
+
+impl QueryRun {
+    /// `first`: the stream of the first attempt. `replan`: how to run it again
+    /// (`None`: never, for a query that runs on the coordinator alone).
+    /// `timeout`: the statement timeout, counted from `started`.
+    pub fn new(
+        first: SendableRecordBatchStream,
+        replan: Option<Replan>,
+        timeout: Option<(Instant, Duration)>,
+        permit: Option<Permit>,
+    ) -> Self {
+        let lost = replan.as_ref().map(|r| {
+            let mut rx = r.registry.lost();
+            // Losses before the query started are not its concern.
+            rx.borrow_and_update();
+            rx
+        });
+        Self {
+            stream: Some(first),
+            replan,
+            retries: 0,
+            emitted: false,
+            lost,
+            deadline: timeout,
+            _permit: permit,
+            done: false,
+        }
+    }
+
+    /// The run as a record batch stream with `first`'s schema.
+    pub fn into_stream(self) -> SendableRecordBatchStream {
+        let schema = self
+            .stream
+            .as_ref()
+            .map(|s| s.schema())
+            .expect("a new run has its first stream");
+        let batches = futures::stream::unfold(self, |mut run| async move {
+            let item = run.next().await?;
+            Some((item, run))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+    }
+
+    async fn next(&mut self) -> Option<Result<RecordBatch, DataFusionError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let item = match self.poll_attempt().await {
+                Ok(item) => item,
+                Err(error) => Some(Err(error)),
+            };
+            match item {
+                None => {
+                    self.done = true;
+                    return None;
+                }
+                Some(Ok(batch)) => {
+                    self.emitted = true;
+                    return Some(Ok(batch));
+                }
+                Some(Err(error)) => {
+                    if self.may_sort_merge(&error) {
+                        tracing::warn!(
+                            %error,
+                            "a hash join exhausted the memory pool; running the query again with sort-merge joins, which spill"
+                        );
+                        if let Some(replan) = self.replan.as_mut() {
+                            let optimizer = &mut replan.state.config_mut().options_mut().optimizer;
+                            optimizer.prefer_hash_join = false;
+                            // Broadcast (collected) build sides are hash joins too:
+                            // only small ones stay, at DataFusion's own thresholds.
+                            let defaults = datafusion::config::OptimizerOptions::default();
+                            optimizer.hash_join_single_partition_threshold = optimizer
+                                .hash_join_single_partition_threshold
+                                .min(defaults.hash_join_single_partition_threshold);
+                            optimizer.hash_join_single_partition_threshold_rows = optimizer
+                                .hash_join_single_partition_threshold_rows
+                                .min(defaults.hash_join_single_partition_threshold_rows);
+                        }
+                        self.stream = None;
+                        match self.restart().await {
+                            Ok(stream) => {
+                                self.stream = Some(stream);
+                                continue;
+                            }
+                            Err(restart_error) => {
+                                self.done = true;
+                                return Some(Err(restart_error));
+                            }
+                        }
+                    }
+                    if self.may_retry(&error) {
+                        self.retries += 1;
+                        if let Some(replan) = &self.replan {
+                            replan.retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(
+                            attempt = self.retries + 1,
+                            %error,
+                            "query attempt failed for a reason of the cluster; running it again"
+                        );
+                        self.stream = None;
+                        match self.restart().await {
+                            Ok(stream) => {
+                                self.stream = Some(stream);
+                                continue;
+                            }
+                            Err(restart_error) => {
+                                self.done = true;
+                                return Some(Err(restart_error));
+                            }
+                        }
+                    }
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    fn may_sort_merge(&self, error: &DataFusionError) -> bool {
+        let Some(replan) = &self.replan else {
+            return false;
+        };
+        !self.emitted && flight::failure::is_resources_exhausted(error) && replan.may_sort_merge()
+    }
+
+    fn may_retry(&self, error: &DataFusionError) -> bool {
+        let Some(replan) = &self.replan else {
+            return false;
+        };
+        !self.emitted && self.retries < replan.retries_max && flight::failure::is_retryable(error)
+    }
+
+    /// The next item of the current attempt, or the reason it must stop: the
+    /// deadline passed, or an executor it uses was lost.
+    async fn poll_attempt(
+        &mut self,
+    ) -> Result<Option<Result<RecordBatch, DataFusionError>>, DataFusionError> {
+        let Self {
+            stream,
+            replan,
+            lost,
+            deadline,
+            ..
+        } = self;
+        let stream = stream
+            .as_mut()
+            .ok_or_else(|| DataFusionError::Internal("query run without a stream".into()))?;
+        let (at, timeout) = match deadline {
+            Some((at, timeout)) => (Some(*at), *timeout),
+            None => (None, Duration::ZERO),
+        };
+        let sleep = async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep);
+        loop {
+            let changed = async {
+                match lost.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut sleep => {
+                    return Err(external(QueryError::StatementTimeout { timeout }));
+                }
+                changed = changed => {
+                    if !changed {
+                        *lost = None;
+                        continue;
+                    }
+                    if let (Some(replan), Some(rx)) = (replan.as_ref(), lost.as_mut()) {
+                        if let Some(error) = lost_executor(replan, rx) {
+                            return Err(error);
+                        }
+                    }
+                }
+                // A panic in an operator on the coordinator (the head stage, or
+                // a query answered here alone) fails this query, not the
+                // connection or the process.
+                item = std::panic::AssertUnwindSafe(stream.next()).catch_unwind() => {
+                    return match item {
+                        Ok(item) => Ok(item),
+                        Err(payload) => Err(DataFusionError::Execution(format!(
+                            "a task panicked: {}",
+                            panic_text(payload.as_ref())
+                        ))),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Plans and starts the next attempt, on the executors that answer.
+    async fn restart(&mut self) -> Result<SendableRecordBatchStream, DataFusionError> {
+        let deadline = self.deadline.map(|(at, _)| at);
+        let timeout = self.deadline.map(|(_, d)| d).unwrap_or_default();
+        let replan = self
+            .replan
+            .as_ref()
+            .ok_or_else(|| DataFusionError::Internal("retry without a plan".into()))?;
+        let retries = self.retries;
+        let prepare = async {
+            if retries > 0 {
+                tokio::time::sleep(RETRY_BACKOFF * 2u32.saturating_pow(retries - 1)).await;
+            }
+            wind_down(&replan.footprint.urls()).await;
+            drop_unreachable(&replan.registry).await;
+            wait_for_executors(&replan.registry).await?;
+            replan.footprint.clear();
+            let physical = replan.state.create_physical_plan(&replan.logical).await?;
+            execute_stream(physical, Arc::new(TaskContext::from(&replan.state)))
+        };
+        let stream = match deadline {
+            Some(at) => tokio::time::timeout_at(at, prepare)
+                .await
+                .map_err(|_| external(QueryError::StatementTimeout { timeout }))??,
+            None => prepare.await?,
+        };
+        if let Some(rx) = self.lost.as_mut() {
+            rx.borrow_and_update();
+        }
+        Ok(stream)
+    }
+}
+
+/// The loss of an executor the attempt uses, if the latest losses include one.
+fn lost_executor(
+    replan: &Replan,
+    rx: &mut watch::Receiver<LostExecutors>,
+) -> Option<DataFusionError> {
+    let lost = rx.borrow_and_update();
+    let hit = lost
+        .recent
+        .iter()
+        .rev()
+        .find(|l| replan.footprint.touches(&l.worker_url))?;
+    Some(external(FlightError::ExecutorLost {
+        executor_id: hit.executor_id.clone(),
+        url: hit.worker_url.to_string(),
+        reason: hit.reason.to_string(),
+    }))
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".to_string())
+}
+
+fn external(error: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(error))
+}
+
+/// Waits (at most [`WIND_DOWN_MAX`]) until the executors the failed attempt
+/// used run no task: their tasks stop, and free their memory, a moment after
+/// the attempt's stream is dropped, and the next attempt should not compete
+/// with them for memory. An executor that does not answer counts as done.
+async fn wind_down(urls: &[url::Url]) {
+    let give_up = Instant::now() + WIND_DOWN_MAX;
+    let clients: Vec<ControlClient> = urls
+        .iter()
+        .filter_map(|url| ControlClient::new(url.as_str(), PROBE_TIMEOUT).ok())
+        .collect();
+    while Instant::now() < give_up {
+        let busy = futures::future::join_all(clients.iter().map(|client| async move {
+            client
+                .call::<_, flight::control::ExecutorStats>(
+                    flight::control::actions::STATS,
+                    &serde_json::Value::Null,
+                )
+                .await
+                .map(|stats| stats.tasks_running > 0)
+                .unwrap_or(false)
+        }))
+        .await;
+        if !busy.contains(&true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Longest wait for a failed attempt's tasks to stop.
+const WIND_DOWN_MAX: Duration = Duration::from_secs(2);
+
+/// Probes every live executor; those that do not answer are taken out of
+/// scheduling.
+async fn drop_unreachable(registry: &ExecutorRegistry) {
+    let probes = registry.executors().into_iter().map(|entry| async move {
+        let url = entry.worker_url.to_string();
+        let reachable = match ControlClient::new(&url, PROBE_TIMEOUT) {
+            Ok(client) => client
+                .call::<_, flight::control::ExecutorStats>(
+                    flight::control::actions::STATS,
+                    &serde_json::Value::Null,
+                )
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        (entry.worker_url, reachable)
+    });
+    for (url, reachable) in futures::future::join_all(probes).await {
+        if !reachable {
+            registry.suspect(&url);
+        }
+    }
+}
+
+/// Waits (up to the executor timeout) until an executor is live.
+async fn wait_for_executors(registry: &ExecutorRegistry) -> Result<(), DataFusionError> {
+    let give_up = Instant::now() + registry.executor_timeout();
+    while registry.live().is_empty() {
+        if Instant::now() >= give_up {
+            return Err(external(QueryError::ExecutorsLost));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

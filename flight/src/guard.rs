@@ -1,0 +1,284 @@
+//! What every fragment an executor runs is wrapped in: [`TaskGuardExec`].
+//!
+//! It counts the task streams that are open (the executor reports the figure,
+//! so a test can see an executor go idle after a cancel), turns a panic inside
+//! the fragment into an error of the query that caused it (the executor and the
+//! other queries on it carry on), and, on an executor started with fault
+//! injection, fails tasks on request ([`crate::faults`]).
+//!
+//! It also lets go of the fragment once every partition has been executed and
+//! every stream of it has ended or been dropped. Operators keep state in their
+//! plan nodes (a hash join's build side, say) and `datafusion-distributed`
+//! keeps a finished task's plan in a cache that is only swept when later
+//! requests arrive: without this, an executor would hold a finished or
+//! cancelled query's memory until its next query.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{
+    reset_plan_states, ChildrenPropertiesMode, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion_distributed::BroadcastExec;
+use futures::Stream;
+
+use crate::faults::Faults;
+
+/// Counts of an executor's task streams.
+#[derive(Debug, Default)]
+pub struct TaskGauge {
+    running: AtomicU64,
+}
+
+impl TaskGauge {
+    /// Task streams open right now.
+    pub fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// Wraps a fragment the way [`TaskGuardExec`] says, keeping a producer head
+/// (`RepartitionExec` or `BroadcastExec` at the root) on top: the exchange
+/// replaces that head when it serves the task, and must find it there.
+pub fn guard_fragment(
+    plan: Arc<dyn ExecutionPlan>,
+    gauge: &Arc<TaskGauge>,
+    faults: &Arc<Faults>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let has_head = plan.is::<RepartitionExec>() || plan.is::<BroadcastExec>();
+    if has_head {
+        let input = Arc::clone(plan.children()[0]);
+        let guarded = Arc::new(TaskGuardExec::new(input, gauge, faults));
+        return plan.replace_children(
+            vec![guarded],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        );
+    }
+    Ok(Arc::new(TaskGuardExec::new(plan, gauge, faults)))
+}
+
+/// A pass-through node over a fragment: counts its open streams, contains
+/// panics, injects requested task failures, releases the fragment when done.
+#[derive(Debug)]
+pub struct TaskGuardExec {
+    /// The fragment's shape, never executed: what plan walkers see as the
+    /// child once the executed fragment is gone. (A copy with operator state
+    /// reset, where the plan allows one; else the fragment itself.)
+    shape: Arc<dyn ExecutionPlan>,
+    live: Arc<Mutex<Live>>,
+    gauge: Arc<TaskGauge>,
+    faults: Arc<Faults>,
+}
+
+/// The executed fragment and how far its execution got.
+#[derive(Debug)]
+struct Live {
+    plan: Option<Arc<dyn ExecutionPlan>>,
+    executed: Vec<bool>,
+    open: usize,
+}
+
+impl Live {
+    /// Drops the fragment once nothing more can be asked of it.
+    fn release_if_done(&mut self) {
+        if self.open == 0 && self.executed.iter().all(|e| *e) {
+            self.plan = None;
+        }
+    }
+}
+
+impl TaskGuardExec {
+    fn new(input: Arc<dyn ExecutionPlan>, gauge: &Arc<TaskGauge>, faults: &Arc<Faults>) -> Self {
+        let partitions = input.output_partitioning().partition_count();
+        let shape = reset_plan_states(Arc::clone(&input)).unwrap_or_else(|_| Arc::clone(&input));
+        Self {
+            shape,
+            live: Arc::new(Mutex::new(Live {
+                plan: Some(input),
+                executed: vec![false; partitions],
+                open: 0,
+            })),
+            gauge: Arc::clone(gauge),
+            faults: Arc::clone(faults),
+        }
+    }
+}
+
+impl DisplayAs for TaskGuardExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TaskGuardExec")
+    }
+}
+
+impl ExecutionPlan for TaskGuardExec {
+    fn name(&self) -> &str {
+        "TaskGuardExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.shape.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.shape]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!(
+                "TaskGuardExec takes one child, got {}",
+                children.len()
+            )));
+        }
+        Ok(Arc::new(Self::new(
+            children.swap_remove(0),
+            &self.gauge,
+            &self.faults,
+        )))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema = self.shape.schema();
+        let plan = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(plan) = live.plan.clone() else {
+                return Err(DataFusionError::Internal(format!(
+                    "partition {partition} of a task that has already finished"
+                )));
+            };
+            if let Some(executed) = live.executed.get_mut(partition) {
+                *executed = true;
+            }
+            live.open += 1;
+            plan
+        };
+        // From here on the stream (or its drop) accounts for the open count.
+        let mut stream = GuardedStream {
+            schema,
+            inner: None,
+            injected: self.faults.task_failure(),
+            gauge: Arc::clone(&self.gauge),
+            live: Arc::clone(&self.live),
+        };
+        self.gauge.running.fetch_add(1, Ordering::Relaxed);
+        if stream.injected.is_none() {
+            stream.inner = Some(contain(|| plan.execute(partition, context))?);
+        }
+        Ok(Box::pin(stream))
+    }
+}
+
+/// Runs `f`, turning a panic into an execution error.
+fn contain<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(payload)))
+}
+
+fn panicked(payload: Box<dyn Any + Send>) -> DataFusionError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".to_string());
+    tracing::error!(
+        message,
+        "a task panicked; its query fails, the executor goes on"
+    );
+    DataFusionError::Execution(format!("a task panicked: {message}"))
+}
+
+struct GuardedStream {
+    schema: SchemaRef,
+    /// `None` once finished (or failed), and for an injected failure.
+    inner: Option<SendableRecordBatchStream>,
+    injected: Option<DataFusionError>,
+    gauge: Arc<TaskGauge>,
+    live: Arc<Mutex<Live>>,
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        // The operator state the stream holds goes before the fragment does.
+        self.inner = None;
+        self.gauge.running.fetch_sub(1, Ordering::Relaxed);
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.open -= 1;
+        live.release_if_done();
+    }
+}
+
+impl Stream for GuardedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(error) = self.injected.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll_next(cx)));
+        match polled {
+            Ok(Poll::Ready(None)) => {
+                // Release the fragment's resources as soon as it is done.
+                self.inner = None;
+                Poll::Ready(None)
+            }
+            Ok(other) => other,
+            Err(payload) => {
+                self.inner = None;
+                Poll::Ready(Some(Err(panicked(payload))))
+            }
+        }
+    }
+}
+
+impl RecordBatchStream for GuardedStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
