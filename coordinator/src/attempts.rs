@@ -53,6 +53,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How to run a query again: its optimized plan and the session state it was
 /// planned in (whose channel resolver records the query's footprint).
 pub struct Replan {
+    /// The id the current attempt's tasks carry, under which executors cancel them.
+    pub attempt: String,
     pub state: SessionState,
     pub logical: LogicalPlan,
     pub footprint: Arc<QueryFootprint>,
@@ -92,6 +94,28 @@ pub struct QueryRun {
     deadline: Option<(Instant, Duration)>,
     _permit: Option<Permit>,
     done: bool,
+    /// The last attempt ran to its end: nothing is left to cancel.
+    finished: bool,
+}
+
+impl Drop for QueryRun {
+    /// A run dropped before its last attempt finished (the client cancelled or
+    /// left, a timeout, an error) tells the executors to stop that attempt's
+    /// tasks now rather than when their work next waits.
+    fn drop(&mut self) {
+        let Some(replan) = &self.replan else { return };
+        if self.finished {
+            return;
+        }
+        let urls = replan.registry.control_urls(&replan.footprint.urls());
+        let attempt = replan.attempt.clone();
+        if urls.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { flight::exchange::cancel_attempt(&urls, &attempt).await });
+        }
+    }
 }
 
 impl QueryRun {
@@ -119,6 +143,7 @@ impl QueryRun {
             deadline: timeout,
             _permit: permit,
             done: false,
+            finished: false,
         }
     }
 
@@ -148,6 +173,7 @@ impl QueryRun {
             match item {
                 None => {
                     self.done = true;
+                    self.finished = true;
                     return None;
                 }
                 Some(Ok(batch)) => {
@@ -297,16 +323,22 @@ impl QueryRun {
     async fn restart(&mut self) -> Result<SendableRecordBatchStream, DataFusionError> {
         let deadline = self.deadline.map(|(at, _)| at);
         let timeout = self.deadline.map(|(_, d)| d).unwrap_or_default();
+        let next = uuid::Uuid::new_v4().to_string();
         let replan = self
             .replan
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| DataFusionError::Internal("retry without a plan".into()))?;
+        let failed = std::mem::replace(&mut replan.attempt, next);
+        flight::exchange::send_execution_options(replan.state.config_mut(), &replan.attempt)?;
+        let replan = &*replan;
         let retries = self.retries;
         let prepare = async {
+            let used = replan.registry.control_urls(&replan.footprint.urls());
+            flight::exchange::cancel_attempt(&used, &failed).await;
             if retries > 0 {
                 tokio::time::sleep(RETRY_BACKOFF * 2u32.saturating_pow(retries - 1)).await;
             }
-            wind_down(&replan.footprint.urls()).await;
+            wind_down(&used).await;
             drop_unreachable(&replan.registry).await;
             wait_for_executors(&replan.registry).await?;
             replan.footprint.clear();
@@ -383,6 +415,10 @@ async fn wind_down(urls: &[url::Url]) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tracing::debug!(
+        ?urls,
+        "a failed attempt's tasks still run; starting the next one anyway"
+    );
 }
 
 /// Longest wait for a failed attempt's tasks to stop.
@@ -392,7 +428,7 @@ const WIND_DOWN_MAX: Duration = Duration::from_secs(2);
 /// scheduling.
 async fn drop_unreachable(registry: &ExecutorRegistry) {
     let probes = registry.executors().into_iter().map(|entry| async move {
-        let url = entry.worker_url.to_string();
+        let url = entry.control_url.to_string();
         let reachable = match ControlClient::new(&url, PROBE_TIMEOUT) {
             Ok(client) => client
                 .call::<_, flight::control::ExecutorStats>(

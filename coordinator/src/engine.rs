@@ -1310,8 +1310,9 @@ impl Session {
         // session's execution options along, are admitted, and run again if
         // the cluster fails them.
         let on_executors = scans_files(&optimized);
+        let attempt = uuid::Uuid::new_v4().to_string();
         if on_executors {
-            flight::exchange::send_execution_options(state.config_mut())?;
+            flight::exchange::send_execution_options(state.config_mut(), &attempt)?;
         }
         let start = async {
             let permit = match on_executors {
@@ -1329,6 +1330,7 @@ impl Session {
             None => start.await?,
         };
         let replan = on_executors.then(|| Replan {
+            attempt,
             logical: optimized,
             footprint,
             registry: self.engine.registry.clone(),

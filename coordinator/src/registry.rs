@@ -24,6 +24,8 @@ use url::Url;
 pub struct ExecutorEntry {
     pub executor_id: String,
     pub worker_url: Url,
+    /// Where the executor answers control-plane calls (stats, cancels).
+    pub control_url: Url,
     pub pid: u32,
     pub version: String,
     pub registered_at: SystemTime,
@@ -91,6 +93,16 @@ impl ExecutorRegistry {
     /// stop at once when an executor it uses is lost.
     pub fn lost(&self) -> watch::Receiver<LostExecutors> {
         self.lost.subscribe()
+    }
+
+    /// The control-plane URLs of the live executors whose worker URL is in `urls`.
+    pub fn control_urls(&self, urls: &[Url]) -> Vec<Url> {
+        self.lock()
+            .executors
+            .values()
+            .filter(|e| urls.contains(&e.worker_url))
+            .map(|e| e.control_url.clone())
+            .collect()
     }
 
     /// The smallest memory pool among live executors, as their heartbeats report.
@@ -176,6 +188,11 @@ impl ExecutorRegistry {
         let worker_url = Url::parse(&request.worker_url).map_err(|e| {
             Status::invalid_argument(format!("worker_url '{}': {e}", request.worker_url))
         })?;
+        let control_url = match &request.control_url {
+            Some(url) => Url::parse(url)
+                .map_err(|e| Status::invalid_argument(format!("control_url '{url}': {e}")))?,
+            None => worker_url.clone(),
+        };
         if request.executor_id.is_empty() || request.executor_id.len() > 128 {
             return Err(Status::invalid_argument(
                 "executor_id must be 1 to 128 characters",
@@ -202,6 +219,7 @@ impl ExecutorRegistry {
             ExecutorEntry {
                 executor_id: request.executor_id.clone(),
                 worker_url,
+                control_url,
                 pid: request.pid,
                 version: request.version,
                 registered_at: SystemTime::now(),
@@ -325,6 +343,7 @@ mod tests {
         RegisterRequest {
             executor_id: id.into(),
             worker_url: format!("http://127.0.0.1:{port}"),
+            control_url: None,
             pid: 1,
             version: "test".into(),
         }

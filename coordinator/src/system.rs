@@ -41,6 +41,7 @@ impl ExecutorsTable {
         let schema = Arc::new(Schema::new(vec![
             Field::new("executor_id", DataType::Utf8, false),
             Field::new("worker_url", DataType::Utf8, false),
+            Field::new("control_url", DataType::Utf8, false),
             Field::new("pid", DataType::Int64, false),
             Field::new("version", DataType::Utf8, false),
             Field::new(
@@ -61,7 +62,7 @@ impl ExecutorsTable {
     async fn batch(&self) -> Result<RecordBatch> {
         let executors = self.registry.executors();
         let stats = futures::future::join_all(executors.iter().map(|e| async move {
-            let live = match ControlClient::new(e.worker_url.as_str(), STATS_TIMEOUT) {
+            let live = match ControlClient::new(e.control_url.as_str(), STATS_TIMEOUT) {
                 Ok(client) => client
                     .call::<_, ExecutorStats>(actions::STATS, &serde_json::Value::Null)
                     .await
@@ -78,6 +79,9 @@ impl ExecutorsTable {
             )),
             Arc::new(StringArray::from_iter_values(
                 executors.iter().map(|e| e.worker_url.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                executors.iter().map(|e| e.control_url.as_str()),
             )),
             Arc::new(Int64Array::from_iter_values(
                 executors.iter().map(|e| e.pid as i64),

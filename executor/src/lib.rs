@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flight::channels::ExchangeChannels;
+use flight::control::CancelRequest;
 use flight::control::{
     actions, decode, encode, ControlClient, ControlHandler, ControlService, DeregisterRequest,
     HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
 use flight::exchange::{ExchangeWorker, TaskCounters};
 use flight::faults::{FaultSpec, Faults};
+use flight::guard::Cancellations;
 use serde::de::IgnoredAny;
 use sql::config::{ExecutorConfig, ObjectStoreConfig};
 use sql::object_stores::LazyObjectStoreRegistry;
@@ -111,6 +113,33 @@ pub async fn run(
         (None, false) => format!("http://{local}"),
         (None, true) => return Err(ExecutorError::Advertise { addr: local }),
     };
+    // The control plane (stats, cancels, faults) has a listener of its own,
+    // served by this runtime, so that it answers at once while operator work
+    // keeps the data-plane runtime busy.
+    let control_addr = options
+        .config
+        .control_listen
+        .unwrap_or_else(|| SocketAddr::new(local.ip(), 0));
+    let control_listener =
+        TcpListener::bind(control_addr)
+            .await
+            .map_err(|source| ExecutorError::Listen {
+                addr: control_addr,
+                source,
+            })?;
+    let control_local = control_listener
+        .local_addr()
+        .map_err(|source| ExecutorError::Listen {
+            addr: control_addr,
+            source,
+        })?;
+    let control_url = url::Url::parse(&worker_url)
+        .ok()
+        .and_then(|mut url| {
+            url.set_port(Some(control_local.port())).ok()?;
+            Some(url.to_string().trim_end_matches('/').to_string())
+        })
+        .unwrap_or_else(|| format!("http://{control_local}"));
     let executor_id = options
         .executor_id
         .clone()
@@ -148,12 +177,23 @@ pub async fn run(
         ExchangeChannels::new(sql::config::CoordinatorConfig::default().exchange_timeout);
     let worker = ExchangeWorker::new(runtime, channels.clone(), Arc::clone(&faults));
     let counters = worker.counters();
+    let sweeper = data_plane.spawn(worker.sweeper());
     let stats = ControlService::new_server(Arc::new(StatsHandler {
         counters: Arc::clone(&counters),
         faults,
+        cancellations: worker.cancellations(),
     }));
 
-    let router = worker.router().add_service(stats);
+    let router = worker.router();
+    let (stop_control_tx, stop_control_rx) = tokio::sync::oneshot::channel::<()>();
+    let control = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(stats)
+            .serve_with_incoming_shutdown(flight::net::incoming(control_listener), async move {
+                let _ = stop_control_rx.await;
+            }),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = data_plane.spawn(async move {
         // The listener belongs to the runtime that polls it.
@@ -165,7 +205,7 @@ pub async fn run(
             .await
             .map_err(std::io::Error::other)
     });
-    tracing::info!(executor_id, worker_url, "executor listening");
+    tracing::info!(executor_id, worker_url, control_url, "executor listening");
 
     let coordinator =
         ControlClient::new(&options.coordinator_url, CONTROL_TIMEOUT).map_err(|source| {
@@ -179,6 +219,7 @@ pub async fn run(
         request: RegisterRequest {
             executor_id: executor_id.clone(),
             worker_url,
+            control_url: Some(control_url),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
@@ -191,6 +232,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(executor_id, "executor stopping");
     heartbeats.abort();
+    sweeper.abort();
     let _ = coordinator
         .call::<_, IgnoredAny>(
             actions::DEREGISTER,
@@ -200,6 +242,8 @@ pub async fn run(
         )
         .await;
     let _ = stop_tx.send(());
+    let _ = stop_control_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), control).await;
     match tokio::time::timeout(Duration::from_secs(5), serve).await {
         Ok(Ok(Ok(()))) | Err(_) => Ok(()),
         Ok(Ok(Err(e))) => Err(ExecutorError::Serve {
@@ -311,11 +355,12 @@ impl Membership {
     }
 }
 
-/// Answers the coordinator's stats requests (and, on an executor started with
-/// fault injection, requests to inject faults).
+/// Answers the coordinator's stats and cancel requests (and, on an executor
+/// started with fault injection, requests to inject faults).
 struct StatsHandler {
     counters: Arc<TaskCounters>,
     faults: Arc<Faults>,
+    cancellations: Arc<Cancellations>,
 }
 
 #[tonic::async_trait]
@@ -325,6 +370,12 @@ impl ControlHandler for StatsHandler {
             actions::STATS => {
                 let _: IgnoredAny = decode(&body)?;
                 encode(&self.counters.stats())
+            }
+            actions::CANCEL => {
+                let request: CancelRequest = decode(&body)?;
+                tracing::debug!(attempt = request.attempt, "query attempt cancelled");
+                self.cancellations.cancel(&request.attempt);
+                encode(&serde_json::Value::Null)
             }
             actions::FAULTS => {
                 let spec: FaultSpec = decode(&body)?;

@@ -32,6 +32,15 @@ pub mod actions {
     /// Executors started with `--fault-injection` only: replace the injected
     /// faults (body: [`crate::faults::FaultSpec`]).
     pub const FAULTS: &str = "flotilla.faults";
+    /// Coordinator to executor: stop every task of a query attempt (body:
+    /// [`super::CancelRequest`]).
+    pub const CANCEL: &str = "flotilla.cancel";
+}
+
+/// Stop every task of a query attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub attempt: String,
 }
 
 /// Sent by an executor when it starts (and again if the coordinator forgot it).
@@ -40,6 +49,9 @@ pub struct RegisterRequest {
     pub executor_id: String,
     /// Where the executor's worker service listens (`http://host:port`).
     pub worker_url: String,
+    /// Where its control plane listens; unset: at the worker URL.
+    #[serde(default)]
+    pub control_url: Option<String>,
     pub pid: u32,
     pub version: String,
 }

@@ -9,7 +9,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::catalog::memory::DataSourceExec;
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -17,21 +20,23 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::{
     display_plan_ascii, CompressionType, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
-    DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt,
-    SessionStateBuilderExt, Worker, WorkerPlanRewriteEvent, WorkerPlanRewriteEventResponse,
-    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt, MaybeEncoded,
+    SessionStateBuilderExt, SetPlanRequest, TaskKey, Worker, WorkerPlanRewriteEvent,
+    WorkerPlanRewriteEventResponse, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
+use futures::StreamExt;
 use sql::config::QueryConfig;
 use url::Url;
 
 use crate::channels::{ExchangeChannels, QueryFootprint};
 use crate::control::ExecutorStats;
 use crate::faults::{ExchangeFaultLayer, Faults};
-use crate::guard::{guard_fragment, TaskGauge};
+use crate::guard::{guard_fragment, Cancellations, TaskGauge};
 
 /// The worker URLs of the executors that are alive, shared between the registry
 /// that updates it and the planner that reads it.
@@ -128,7 +133,10 @@ pub fn track_query(config: &mut SessionConfig, channels: &ExchangeChannels) -> A
 /// = ...`): `datafusion-distributed` carries only its own options to executors,
 /// which would otherwise run every fragment with defaults. Call it before the
 /// statement is planned physically, for statements that run on executors.
-pub fn send_execution_options(config: &mut SessionConfig) -> Result<()> {
+///
+/// Tasks also carry `attempt`, the id under which the coordinator cancels them
+/// ([`cancel_attempt`]).
+pub fn send_execution_options(config: &mut SessionConfig, attempt: &str) -> Result<()> {
     static DEFAULTS: std::sync::OnceLock<std::collections::HashMap<String, Option<String>>> =
         std::sync::OnceLock::new();
     let defaults = DEFAULTS.get_or_init(|| {
@@ -139,6 +147,9 @@ pub fn send_execution_options(config: &mut SessionConfig) -> Result<()> {
             .collect()
     });
     let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::try_from(attempt) {
+        headers.insert(ATTEMPT_HEADER, value);
+    }
     for entry in config.options().entries() {
         let propagated = EXECUTOR_OPTION_PREFIXES
             .iter()
@@ -159,6 +170,31 @@ pub fn send_execution_options(config: &mut SessionConfig) -> Result<()> {
     }
     config.set_distributed_passthrough_headers(headers)
 }
+
+/// Carries a task's attempt id.
+const ATTEMPT_HEADER: &str = "x-flotilla-attempt";
+
+/// Tells the executors at `urls` to stop every task of `attempt` (fire and
+/// forget: an executor that does not answer within a second is skipped).
+pub async fn cancel_attempt(urls: &[Url], attempt: &str) {
+    let body = crate::control::CancelRequest {
+        attempt: attempt.to_string(),
+    };
+    let calls = urls.iter().map(|url| {
+        let body = body.clone();
+        async move {
+            if let Ok(client) = crate::control::ControlClient::new(url.as_str(), CANCEL_TIMEOUT) {
+                let _ = client
+                    .call::<_, serde::de::IgnoredAny>(crate::control::actions::CANCEL, &body)
+                    .await;
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// Time an executor has to acknowledge a cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Options that shape how a fragment runs (and not only how it is planned).
 const EXECUTOR_OPTION_PREFIXES: [&str; 1] = ["datafusion.execution."];
@@ -263,6 +299,8 @@ pub struct ExchangeWorker {
     worker: Worker,
     counters: Arc<TaskCounters>,
     faults: Arc<Faults>,
+    gauge: Arc<TaskGauge>,
+    cancellations: Arc<Cancellations>,
 }
 
 impl ExchangeWorker {
@@ -270,6 +308,7 @@ impl ExchangeWorker {
     /// own requests to other executors go through `channels`.
     pub fn new(runtime: Arc<RuntimeEnv>, channels: ExchangeChannels, faults: Arc<Faults>) -> Self {
         let gauge = Arc::new(TaskGauge::default());
+        let cancellations = Arc::new(Cancellations::default());
         let counters = Arc::new(TaskCounters {
             tasks_started: AtomicU64::new(0),
             gauge: Arc::clone(&gauge),
@@ -296,8 +335,9 @@ impl ExchangeWorker {
             counters: Arc::clone(&counters),
             template,
             channels,
-            gauge,
+            gauge: Arc::clone(&gauge),
             faults: Arc::clone(&faults),
+            cancellations: Arc::clone(&cancellations),
             sort_spill_reservation_bytes,
         })
         .with_runtime_env(runtime)
@@ -306,6 +346,46 @@ impl ExchangeWorker {
             worker,
             counters,
             faults,
+            gauge,
+            cancellations,
+        }
+    }
+
+    /// Where the control plane cancels query attempts.
+    pub fn cancellations(&self) -> Arc<Cancellations> {
+        Arc::clone(&self.cancellations)
+    }
+
+    /// Runs until dropped: shortly after task streams close, asks the worker
+    /// to drop the tasks that are finished.
+    ///
+    /// `datafusion-distributed` keeps each task (its plan, and the state its
+    /// producer head holds: a repartition still reading its input for a
+    /// consumer that never came, a broadcast cache) in a cache that discards
+    /// finished tasks only while serving later requests. An idle executor
+    /// would keep a cancelled query's work running and its memory held until
+    /// its next query; a sweep is such a request, a plan that does nothing.
+    pub fn sweeper(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let worker = self.worker.clone();
+        let gauge = Arc::clone(&self.gauge);
+        async move {
+            let mut seen = gauge.closed();
+            let mut changed_at = tokio::time::Instant::now();
+            let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let closed = gauge.closed();
+                if closed != seen {
+                    seen = closed;
+                    changed_at = tokio::time::Instant::now();
+                }
+                if changed_at.elapsed() < SWEEP_WINDOW {
+                    if let Err(error) = sweep(&worker).await {
+                        tracing::debug!(%error, "task sweep failed");
+                    }
+                }
+            }
         }
     }
 
@@ -327,6 +407,38 @@ impl ExchangeWorker {
     }
 }
 
+/// How often the sweeper looks for closed task streams.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long after the last task stream closed the sweeper keeps sweeping: the
+/// worker's cache acts on a request only if its last sweep is 300 ms old.
+const SWEEP_WINDOW: Duration = Duration::from_millis(1500);
+/// Marks a sweep's request, so that it is not counted as a task.
+const SWEEP_HEADER: &str = "x-flotilla-sweep";
+
+/// One request that does nothing but let the worker's task cache drop what is
+/// finished (see [`ExchangeWorker::sweeper`]).
+async fn sweep(worker: &Worker) -> Result<()> {
+    let request = SetPlanRequest {
+        task_key: TaskKey {
+            query_id: uuid::Uuid::new_v4(),
+            stage_id: 0,
+            task_number: 0,
+        },
+        task_count: 1,
+        plan: MaybeEncoded::Decoded(Arc::new(EmptyExec::new(Arc::new(Schema::empty())))),
+        work_unit_feed_declarations: Vec::new(),
+        target_worker_url: Url::parse("http://sweep.invalid/").expect("a valid URL"),
+        query_start_time_ns: 0,
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(SWEEP_HEADER, http::HeaderValue::from_static("1"));
+    let replies = worker
+        .coordinator_channel(headers, request, futures::stream::empty().boxed())
+        .await?;
+    drop(replies);
+    Ok(())
+}
+
 struct CountingSessionBuilder {
     counters: Arc<TaskCounters>,
     /// DataFusion's default functions and planners over the worker's runtime,
@@ -336,6 +448,7 @@ struct CountingSessionBuilder {
     channels: ExchangeChannels,
     gauge: Arc<TaskGauge>,
     faults: Arc<Faults>,
+    cancellations: Arc<Cancellations>,
     sort_spill_reservation_bytes: usize,
 }
 
@@ -345,8 +458,10 @@ impl WorkerSessionBuilder for CountingSessionBuilder {
         &self,
         ctx: WorkerQueryContext,
     ) -> std::result::Result<SessionState, DataFusionError> {
-        // Called once per task the coordinator sends here.
-        self.counters.tasks_started.fetch_add(1, Ordering::Relaxed);
+        // Called once per task the coordinator sends here (and per sweep).
+        if !ctx.headers.contains_key(SWEEP_HEADER) {
+            self.counters.tasks_started.fetch_add(1, Ordering::Relaxed);
+        }
         let mut builder = ctx.builder;
         let Some(mut config) = builder.config().take() else {
             return Ok(builder.build());
@@ -360,9 +475,18 @@ impl WorkerSessionBuilder for CountingSessionBuilder {
         config.set_distributed_channel_resolver(self.channels.clone());
         let gauge = Arc::clone(&self.gauge);
         let faults = Arc::clone(&self.faults);
+        let cancelled = match ctx
+            .headers
+            .get(ATTEMPT_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(attempt) => self.cancellations.flag(attempt),
+            None => Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
         config.set_distributed_worker_plan_rewrite_handler(
             move |ev: WorkerPlanRewriteEvent<'_>| {
-                guard_fragment(ev.plan, &gauge, &faults).map(WorkerPlanRewriteEventResponse::new)
+                guard_fragment(ev.plan, &gauge, &faults, Arc::clone(&cancelled))
+                    .map(WorkerPlanRewriteEventResponse::new)
             },
         );
         let mut state = self.template.clone();

@@ -6,6 +6,9 @@
 //! other queries on it carry on), and, on an executor started with fault
 //! injection, fails tasks on request ([`crate::faults`]).
 //!
+//! The leaves of a fragment check the cancellation flag of their query attempt
+//! ([`Cancellations`], set by the coordinator) at every batch.
+//!
 //! It also lets go of the fragment once every partition has been executed and
 //! every stream of it has ended or been dropped. Operators keep state in their
 //! plan nodes (a hash join's build side, say) and `datafusion-distributed`
@@ -14,12 +17,14 @@
 //! cancelled query's memory until its next query.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -43,6 +48,7 @@ use crate::faults::Faults;
 #[derive(Debug, Default)]
 pub struct TaskGauge {
     running: AtomicU64,
+    closed: AtomicU64,
 }
 
 impl TaskGauge {
@@ -50,16 +56,60 @@ impl TaskGauge {
     pub fn running(&self) -> u64 {
         self.running.load(Ordering::Relaxed)
     }
+
+    /// Task streams that have ended or been dropped since start.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// The cancellation flags of the query attempts an executor runs tasks for,
+/// by attempt id. The coordinator cancels an attempt it gave up on (the client
+/// cancelled or went away, a timeout, a failure elsewhere); every leaf of the
+/// attempt's fragments then fails at its next batch, so operators stop within
+/// one batch of work instead of when their input next waits.
+#[derive(Debug, Default)]
+pub struct Cancellations {
+    flags: Mutex<HashMap<String, (Arc<AtomicBool>, Instant)>>,
+}
+
+/// Flags no fragment holds any more are forgotten after this long (a cancel
+/// may arrive before the attempt's fragments do).
+const CANCELLATION_KEPT: Duration = Duration::from_secs(60);
+
+impl Cancellations {
+    /// The flag of `attempt`, created unset if new.
+    pub fn flag(&self, attempt: &str) -> Arc<AtomicBool> {
+        let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+        if flags.len() > 1024 {
+            flags.retain(|_, (flag, at)| {
+                Arc::strong_count(flag) > 1 || at.elapsed() < CANCELLATION_KEPT
+            });
+        }
+        let (flag, at) = flags
+            .entry(attempt.to_string())
+            .or_insert_with(|| (Arc::new(AtomicBool::new(false)), Instant::now()));
+        *at = Instant::now();
+        Arc::clone(flag)
+    }
+
+    /// Cancels `attempt`, whether its fragments are here yet or not.
+    pub fn cancel(&self, attempt: &str) {
+        self.flag(attempt).store(true, Ordering::SeqCst);
+    }
 }
 
 /// Wraps a fragment the way [`TaskGuardExec`] says, keeping a producer head
 /// (`RepartitionExec` or `BroadcastExec` at the root) on top: the exchange
-/// replaces that head when it serves the task, and must find it there.
+/// replaces that head when it serves the task, and must find it there. Every
+/// leaf gets a [`CancelCheckExec`] watching `cancelled`.
 pub fn guard_fragment(
     plan: Arc<dyn ExecutionPlan>,
     gauge: &Arc<TaskGauge>,
     faults: &Arc<Faults>,
+    cancelled: Arc<AtomicBool>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let plan = check_leaves(plan, &cancelled)?;
     let has_head = plan.is::<RepartitionExec>() || plan.is::<BroadcastExec>();
     if has_head {
         let input = Arc::clone(plan.children()[0]);
@@ -70,6 +120,141 @@ pub fn guard_fragment(
         );
     }
     Ok(Arc::new(TaskGuardExec::new(plan, gauge, faults)))
+}
+
+/// Puts a [`CancelCheckExec`] over every leaf (scans, and the exchange reads
+/// that stand for other stages).
+fn check_leaves(
+    plan: Arc<dyn ExecutionPlan>,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(Arc::new(CancelCheckExec {
+            input: plan,
+            cancelled: Arc::clone(cancelled),
+        }));
+    }
+    let checked = children
+        .into_iter()
+        .map(|child| check_leaves(child, cancelled))
+        .collect::<Result<Vec<_>>>()?;
+    // The children keep their properties, so the node need not recompute its own.
+    plan.replace_children(
+        checked,
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+    )
+}
+
+/// A pass-through leaf wrapper: once its attempt is cancelled, its stream
+/// fails at the next batch.
+#[derive(Debug)]
+pub struct CancelCheckExec {
+    input: Arc<dyn ExecutionPlan>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl DisplayAs for CancelCheckExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "CancelCheckExec")
+    }
+}
+
+impl ExecutionPlan for CancelCheckExec {
+    fn name(&self) -> &str {
+        "CancelCheckExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!(
+                "CancelCheckExec takes one child, got {}",
+                children.len()
+            )));
+        }
+        Ok(Arc::new(Self {
+            input: children.swap_remove(0),
+            cancelled: Arc::clone(&self.cancelled),
+        }))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let inner = self.input.execute(partition, context)?;
+        Ok(Box::pin(CancelCheckStream {
+            schema: inner.schema(),
+            inner: Some(inner),
+            cancelled: Arc::clone(&self.cancelled),
+        }))
+    }
+}
+
+struct CancelCheckStream {
+    schema: SchemaRef,
+    inner: Option<SendableRecordBatchStream>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Stream for CancelCheckStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            if self.inner.take().is_some() {
+                return Poll::Ready(Some(Err(DataFusionError::Execution(
+                    "the query was cancelled".into(),
+                ))));
+            }
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut() {
+            Some(inner) => inner.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl RecordBatchStream for CancelCheckStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
 }
 
 /// A pass-through node over a fragment: counts its open streams, contains
@@ -245,6 +430,7 @@ impl Drop for GuardedStream {
         // The operator state the stream holds goes before the fragment does.
         self.inner = None;
         self.gauge.running.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.closed.fetch_add(1, Ordering::Relaxed);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.open -= 1;
         live.release_if_done();

@@ -84,6 +84,9 @@ impl Default for CoordinatorConfig {
 pub struct ExecutorConfig {
     /// Address the executor's worker service listens on (port 0: any free port).
     pub listen: SocketAddr,
+    /// Address of its control plane (stats, cancels); unset: the worker's
+    /// address with any free port. Advertised with the worker URL's host.
+    pub control_listen: Option<SocketAddr>,
     /// Memory pool size for query execution. Unset: 70 % of the memory this
     /// process may use (its cgroup limit, else the machine's), shared among the
     /// executors `standalone` starts on one machine. Sorts, aggregations and
@@ -101,6 +104,7 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:0".parse().expect("valid default address"),
+            control_listen: None,
             memory_limit_bytes: None,
             spill_dir: None,
             spill_bytes_max: 64 << 30,

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod catalog;
+mod chaos;
 mod clients;
 mod fixtures;
 mod flight_sql;

@@ -2,6 +2,7 @@
 //! clients. Every server binds port 0 on 127.0.0.1 and is killed on drop.
 
 pub mod answers;
+pub mod chaos;
 pub mod cluster;
 pub mod pgraw;
 

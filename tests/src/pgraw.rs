@@ -56,6 +56,15 @@ impl Message {
     }
 }
 
+/// What a slow client got: when its first row came (from the start of the
+/// read), how many bytes it read, and whether the answer ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SlowRead {
+    pub first_row: Option<Duration>,
+    pub bytes: u64,
+    pub ended: bool,
+}
+
 impl RawConnection {
     /// Connects and completes start-up (no authentication).
     pub async fn connect(port: u16) -> Result<Self> {
@@ -126,6 +135,46 @@ impl RawConnection {
                 return Ok(out);
             }
         }
+    }
+
+    /// Sends a simple Query without waiting for its answer.
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.send(b'Q', &body).await
+    }
+
+    /// Reads the answer in progress no faster than `bytes_per_second`, for
+    /// `duration` or until it ends: a slow client. Returns when the first
+    /// DataRow arrived (if one did) and the bytes read; the connection may be
+    /// left mid-answer.
+    pub async fn read_slowly(
+        &mut self,
+        bytes_per_second: u64,
+        duration: Duration,
+    ) -> Result<SlowRead> {
+        let started = tokio::time::Instant::now();
+        let mut read = SlowRead::default();
+        while started.elapsed() < duration {
+            let msg = tokio::time::timeout(duration, self.read())
+                .await
+                .context("the answer stalled")??;
+            read.bytes += msg.body.len() as u64 + 5;
+            match msg.tag {
+                b'D' if read.first_row.is_none() => read.first_row = Some(started.elapsed()),
+                b'E' => bail!("the query failed: {:?}", msg.sqlstate()),
+                b'Z' => {
+                    read.ended = true;
+                    break;
+                }
+                _ => {}
+            }
+            let due = Duration::from_secs_f64(read.bytes as f64 / bytes_per_second as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(read)
     }
 
     async fn read(&mut self) -> Result<Message> {

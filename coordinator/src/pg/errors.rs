@@ -138,6 +138,8 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
 fn by_message(message: &str) -> Option<&'static str> {
     let m = message.to_ascii_lowercase();
     let rules: &[(&str, &str)] = &[
+        // A bug in an operator or function, contained to its query.
+        ("a task panicked", "XX000"),
         ("divide by zero", "22012"),
         ("division by zero", "22012"),
         ("overflow", "22003"),

@@ -82,9 +82,21 @@ pub async fn serve(
                     let _ = socket.set_nodelay(true);
                     let handlers = Arc::clone(&handlers);
                     let tls = tls.clone();
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
                     connections.spawn(async move {
-                        if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                            tracing::debug!(%error, "connection ended with an error");
+                        // A client that goes away mid-query is noticed within a
+                        // check interval, not when the query next sends a row:
+                        // dropping the connection drops its query, which stops
+                        // on every executor.
+                        tokio::select! {
+                            result = pgwire::tokio::process_socket(socket, tls, handlers) => {
+                                if let Err(error) = result {
+                                    tracing::debug!(%error, "connection ended with an error");
+                                }
+                            }
+                            _ = peer_hung_up(fd) => {
+                                tracing::debug!("client went away; its connection and query end");
+                            }
                         }
                     });
                 }
@@ -97,6 +109,29 @@ pub async fn serve(
         }
     }
     connections.shutdown().await;
+}
+
+/// How often a connection checks that its client is still there (Postgres'
+/// `client_connection_check_interval`).
+const CLIENT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Resolves once the peer of socket `fd` has closed or reset the connection.
+/// The caller keeps the socket open while this runs (both live in one task).
+async fn peer_hung_up(fd: std::os::fd::RawFd) {
+    loop {
+        tokio::time::sleep(CLIENT_CHECK_INTERVAL).await;
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for a socket the caller keeps open; timeout 0
+        // makes this a non-blocking check.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        if ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return;
+        }
+    }
 }
 
 /// The handlers pgwire calls; one instance serves every connection.
