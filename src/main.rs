@@ -85,6 +85,10 @@ struct CoordinatorArgs {
     /// Data directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// TPC-H scale factor to generate into the data dir and register (the
+    /// executors must see the same files at the same path); 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    tpch: f64,
     /// Register `fault_panic(text)` (tests and chaos benchmarks only).
     #[arg(long)]
     fault_injection: bool,
@@ -197,9 +201,10 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         config.coordinator.data_dir = dir;
     }
     config.validate("command line")?;
+    let trusted = generate_tpch(&config, args.tpch).await?;
     coordinator::run(
         config,
-        Vec::new(),
+        trusted,
         args.fault_injection,
         |addrs| {
             println!(
@@ -254,22 +259,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     if args.executors == 0 {
         bail!("--executors must be at least 1");
     }
-    let trusted = if args.tpch > 0.0 {
-        let data_dir = config.coordinator.data_dir.clone();
-        let sf = args.tpch;
-        let started = Instant::now();
-        let tables = tokio::task::spawn_blocking(move || sql::tpch::ensure_dataset(&data_dir, sf))
-            .await
-            .context("TPC-H generation thread")??;
-        tracing::info!(
-            scale_factor = sf,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "TPC-H data ready"
-        );
-        tables
-    } else {
-        Vec::new()
-    };
+    let trusted = generate_tpch(&config, args.tpch).await?;
 
     let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -324,6 +314,25 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let _ = supervisor.await;
     result?;
     Ok(())
+}
+
+/// Generates TPC-H data at scale factor `sf` into the data dir (once; reused
+/// afterwards) and returns its tables; none for `sf` 0.
+async fn generate_tpch(config: &FlotillaConfig, sf: f64) -> Result<Vec<sql::config::TableConfig>> {
+    if sf <= 0.0 {
+        return Ok(Vec::new());
+    }
+    let data_dir = config.coordinator.data_dir.clone();
+    let started = Instant::now();
+    let tables = tokio::task::spawn_blocking(move || sql::tpch::ensure_dataset(&data_dir, sf))
+        .await
+        .context("TPC-H generation thread")??;
+    tracing::info!(
+        scale_factor = sf,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "TPC-H data ready"
+    );
+    Ok(tables)
 }
 
 /// Starts executor child processes and restarts those that die, until told to stop;

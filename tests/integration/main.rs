@@ -4,6 +4,7 @@ mod bad_input;
 mod catalog;
 mod chaos;
 mod clients;
+mod compose;
 mod fixtures;
 mod flight_sql;
 mod layout;

@@ -85,6 +85,9 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
             datafusion_sqlstate(inner)
         }
         DataFusionError::Shared(inner) => datafusion_sqlstate(inner),
+        // A file or object store that fails under a query (a bucket gone, an
+        // object deleted, permissions): io_error.
+        DataFusionError::ObjectStore(_) => "58030",
         DataFusionError::IoError(e) if is_network(e) => "57P03",
         DataFusionError::IoError(_) => "58030",
         DataFusionError::External(inner) => {
@@ -146,6 +149,10 @@ fn by_message(message: &str) -> Option<&'static str> {
         ("cancelled", "57014"),
         ("canceled", "57014"),
         ("sql parser error", "42601"),
+        // An object store failing under a query: a deleted object, a bucket gone.
+        ("object at location", "58030"),
+        ("nosuchbucket", "58030"),
+        ("error performing get", "58030"),
         ("parsererror", "42601"),
         ("invalid function", "42883"),
         ("unknown function", "42883"),
