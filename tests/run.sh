@@ -12,6 +12,8 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The compose test builds its base image with debootstrap (tests/compose/).
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -34,14 +36,26 @@ start=$(date +%s)
 cargo build --locked --workspace --all-targets
 echo "build: $(( $(date +%s) - start )) s"
 
+# The chaos suite (real processes killed, faults injected) and the compose
+# cluster run in a phase of their own, timed apart (budget: 15 minutes).
+chaos='test(/^chaos::/) | test(/^compose::/)'
+run_tests() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --workspace --no-fail-fast --retries 0 -E "$1"
+  else
+    cargo test --locked --workspace --no-fail-fast -- $2
+  fi
+}
+
 phase "tests"
 start=$(date +%s)
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast --retries 0
-else
-  cargo test --locked --workspace --no-fail-fast
-fi
+run_tests "not ($chaos)" "--skip chaos:: --skip compose::"
 echo "tests: $(( $(date +%s) - start )) s"
+
+phase "chaos and compose tests"
+start=$(date +%s)
+run_tests "$chaos" "chaos:: compose::"
+echo "chaos and compose tests: $(( $(date +%s) - start )) s"
 
 phase "benchmark smoke run"
 # The TPC-H harness at SF0.1, one run, and the micro-benchmarks at small sizes,

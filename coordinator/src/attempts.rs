@@ -18,7 +18,10 @@
 //!   to disk (hash joins cannot: their build side must fit in memory). If that
 //!   fails too, the resources-exhausted error is the answer;
 //! - the admission **permit**, held until the stream ends or is dropped;
-//! - a **panic** in an operator that runs here becomes the query's error.
+//! - a **panic** in an operator that runs here becomes the query's error;
+//! - a **stall** (the executors do no work at all for `query.stall_timeout`
+//!   while the query waits for rows, as under a deadlock in an operator) ends
+//!   the query with an error instead of a wait for ever.
 //!
 //! Dropping the stream drops the attempt's stream, which stops the query on
 //! every executor (`datafusion-distributed` ends the tasks when their
@@ -62,6 +65,36 @@ pub struct Replan {
     pub retries_max: u32,
     /// Counts the attempts started again, cluster-wide (`flotilla.queries`).
     pub retried: Arc<AtomicU64>,
+    /// No executor CPU for this long while waiting for rows: stalled (zero: never).
+    pub stall_timeout: Duration,
+}
+
+/// How often a waiting query looks at its executors' CPU time.
+const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a waiting query last saw of its executors' CPU time.
+#[derive(Debug)]
+struct StallWatch {
+    cpu_time_ms: Option<u64>,
+    since: Instant,
+}
+
+impl StallWatch {
+    fn new() -> Self {
+        Self {
+            cpu_time_ms: None,
+            since: Instant::now(),
+        }
+    }
+
+    /// Records the executors' CPU time now; returns how long it has not moved.
+    fn observe(&mut self, cpu_time_ms: u64) -> Duration {
+        if self.cpu_time_ms != Some(cpu_time_ms) {
+            self.cpu_time_ms = Some(cpu_time_ms);
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
+    }
 }
 
 impl Replan {
@@ -96,6 +129,7 @@ pub struct QueryRun {
     done: bool,
     /// The last attempt ran to its end: nothing is left to cancel.
     finished: bool,
+    stall: StallWatch,
 }
 
 impl Drop for QueryRun {
@@ -144,6 +178,7 @@ impl QueryRun {
             _permit: permit,
             done: false,
             finished: false,
+            stall: StallWatch::new(),
         }
     }
 
@@ -178,40 +213,18 @@ impl QueryRun {
                 }
                 Some(Ok(batch)) => {
                     self.emitted = true;
+                    self.stall = StallWatch::new();
                     return Some(Ok(batch));
                 }
                 Some(Err(error)) => {
-                    if self.may_sort_merge(&error) {
+                    let again = if self.may_sort_merge(&error) {
                         tracing::warn!(
                             %error,
                             "a hash join exhausted the memory pool; running the query again with sort-merge joins, which spill"
                         );
-                        if let Some(replan) = self.replan.as_mut() {
-                            let optimizer = &mut replan.state.config_mut().options_mut().optimizer;
-                            optimizer.prefer_hash_join = false;
-                            // Broadcast (collected) build sides are hash joins too:
-                            // only small ones stay, at DataFusion's own thresholds.
-                            let defaults = datafusion::config::OptimizerOptions::default();
-                            optimizer.hash_join_single_partition_threshold = optimizer
-                                .hash_join_single_partition_threshold
-                                .min(defaults.hash_join_single_partition_threshold);
-                            optimizer.hash_join_single_partition_threshold_rows = optimizer
-                                .hash_join_single_partition_threshold_rows
-                                .min(defaults.hash_join_single_partition_threshold_rows);
-                        }
-                        self.stream = None;
-                        match self.restart().await {
-                            Ok(stream) => {
-                                self.stream = Some(stream);
-                                continue;
-                            }
-                            Err(restart_error) => {
-                                self.done = true;
-                                return Some(Err(restart_error));
-                            }
-                        }
-                    }
-                    if self.may_retry(&error) {
+                        self.use_sort_merge_joins();
+                        true
+                    } else if self.may_retry(&error) {
                         self.retries += 1;
                         if let Some(replan) = &self.replan {
                             replan.retried.fetch_add(1, Ordering::Relaxed);
@@ -221,23 +234,55 @@ impl QueryRun {
                             %error,
                             "query attempt failed for a reason of the cluster; running it again"
                         );
-                        self.stream = None;
-                        match self.restart().await {
-                            Ok(stream) => {
-                                self.stream = Some(stream);
-                                continue;
-                            }
-                            Err(restart_error) => {
-                                self.done = true;
-                                return Some(Err(restart_error));
-                            }
+                        true
+                    } else {
+                        false
+                    };
+                    if !again {
+                        self.done = true;
+                        return Some(Err(error));
+                    }
+                    self.stream = None;
+                    match self.restart().await {
+                        Ok(stream) => self.stream = Some(stream),
+                        Err(restart_error) => {
+                            self.done = true;
+                            return Some(Err(restart_error));
                         }
                     }
-                    self.done = true;
-                    return Some(Err(error));
                 }
             }
         }
+    }
+
+    /// Plans the next attempts with sort-merge joins, which spill. Broadcast
+    /// (collected) build sides are hash joins too: only small ones stay, at
+    /// DataFusion's own thresholds.
+    fn use_sort_merge_joins(&mut self) {
+        let Some(replan) = self.replan.as_mut() else {
+            return;
+        };
+        let options = replan.state.config_mut().options_mut();
+        // A sort-merge join reads its two inputs in key order, partition by
+        // partition: with the exchange's per-connection buffer budget, one
+        // partition's unread rows can fill the budget while its sibling waits
+        // for rows behind them, and both stop for good. Without a budget the
+        // exchange buffers the difference instead (in the memory pool).
+        if let Err(error) = options.set(
+            "distributed.worker_connection_buffer_budget_bytes",
+            "1125899906842624",
+        ) {
+            tracing::warn!(%error, "exchange buffer budget not raised");
+        }
+        let optimizer = &mut options.optimizer;
+        optimizer.prefer_hash_join = false;
+        let defaults = datafusion::config::OptimizerOptions::default();
+        optimizer.hash_join_single_partition_threshold = optimizer
+            .hash_join_single_partition_threshold
+            .min(defaults.hash_join_single_partition_threshold);
+        optimizer.hash_join_single_partition_threshold_rows = optimizer
+            .hash_join_single_partition_threshold_rows
+            .min(defaults.hash_join_single_partition_threshold_rows);
     }
 
     fn may_sort_merge(&self, error: &DataFusionError) -> bool {
@@ -264,6 +309,7 @@ impl QueryRun {
             replan,
             lost,
             deadline,
+            stall,
             ..
         } = self;
         let stream = stream
@@ -280,6 +326,9 @@ impl QueryRun {
             }
         };
         tokio::pin!(sleep);
+        let stall_timeout = replan.as_ref().map_or(Duration::ZERO, |r| r.stall_timeout);
+        let mut stall_checks =
+            tokio::time::interval_at(Instant::now() + STALL_CHECK_INTERVAL, STALL_CHECK_INTERVAL);
         loop {
             let changed = async {
                 match lost.as_mut() {
@@ -291,6 +340,14 @@ impl QueryRun {
                 biased;
                 _ = &mut sleep => {
                     return Err(external(QueryError::StatementTimeout { timeout }));
+                }
+                _ = stall_checks.tick(), if !stall_timeout.is_zero() => {
+                    let Some(replan) = replan.as_ref() else { continue };
+                    let urls = replan.registry.control_urls(&replan.footprint.urls());
+                    let idle = stall.observe(executors_cpu_time_ms(&urls).await);
+                    if idle >= stall_timeout {
+                        return Err(external(QueryError::Stalled { idle }));
+                    }
                 }
                 changed = changed => {
                     if !changed {
@@ -419,6 +476,25 @@ async fn wind_down(urls: &[url::Url]) {
         ?urls,
         "a failed attempt's tasks still run; starting the next one anyway"
     );
+}
+
+/// The CPU time the executors at `urls` have used, summed (those that do not
+/// answer count zero).
+async fn executors_cpu_time_ms(urls: &[url::Url]) -> u64 {
+    let calls = urls.iter().map(|url| async move {
+        let Ok(client) = ControlClient::new(url.as_str(), PROBE_TIMEOUT) else {
+            return 0;
+        };
+        client
+            .call::<_, flight::control::ExecutorStats>(
+                flight::control::actions::STATS,
+                &serde_json::Value::Null,
+            )
+            .await
+            .map(|stats| stats.cpu_time_ms)
+            .unwrap_or(0)
+    });
+    futures::future::join_all(calls).await.into_iter().sum()
 }
 
 /// Longest wait for a failed attempt's tasks to stop.

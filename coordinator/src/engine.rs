@@ -1336,6 +1336,7 @@ impl Session {
             registry: self.engine.registry.clone(),
             retries_max: self.engine.config.query.retries_max,
             retried: Arc::clone(&self.engine.retries),
+            stall_timeout: self.engine.config.query.stall_timeout,
             state,
         });
         let run = QueryRun::new(stream, replan, timeout, permit);

@@ -43,6 +43,8 @@ pub enum QueryError {
     StatementTimeout { timeout: std::time::Duration },
     #[error("every executor was lost while the query ran, and none came back")]
     ExecutorsLost,
+    #[error("the query stalled: its executors did no work for {idle:?} while it waited for rows")]
+    Stalled { idle: std::time::Duration },
     #[error(
         "too many queries: {running} running and {queued} queued for {scope}; try again later"
     )]
@@ -76,6 +78,7 @@ impl QueryError {
             QueryError::Internal { .. } => ErrorKind::Internal,
             QueryError::Cancelled | QueryError::StatementTimeout { .. } => ErrorKind::Unavailable,
             QueryError::ExecutorsLost => ErrorKind::Unavailable,
+            QueryError::Stalled { .. } => ErrorKind::Internal,
             QueryError::TooManyQueries { .. } => ErrorKind::ResourcesExhausted,
         }
     }

@@ -99,6 +99,8 @@ pub struct ExecutorStats {
     pub memory_pool_bytes: u64,
     /// Bytes of spill files on disk now.
     pub spill_bytes: u64,
+    /// CPU time the executor process has used since it started.
+    pub cpu_time_ms: u64,
 }
 
 /// Serves one side of the control plane: it gets each action's name and JSON body.

@@ -93,6 +93,7 @@ pub fn with_distributed_planning(
         .with_distributed_planner()
         .with_distributed_file_scan_config_bytes_per_partition(query.scan_bytes_per_partition)?
         .with_distributed_compression(compression)?
+        .with_distributed_worker_connection_buffer_budget_bytes(query.exchange_buffer_bytes)?
         .with_distributed_desired_task_count_handler(SpreadLeafTasks { executors })
         .with_distributed_metrics_collection(false)
 }
@@ -289,8 +290,31 @@ impl TaskCounters {
                 _ => 0,
             },
             spill_bytes: self.runtime.disk_manager.used_disk_space(),
+            cpu_time_ms: process_cpu_time_ms(),
         }
     }
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`.
+fn process_cpu_time_ms() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (ticks(11) + ticks(12)) * 1000 / per_second
 }
 
 /// The executor side of the exchange: runs the fragments the coordinator sends and

@@ -152,6 +152,10 @@ pub struct QueryConfig {
     pub scan_bytes_per_partition: usize,
     /// Compression of shuffle data: `lz4`, `zstd` or `none`.
     pub exchange_compression: String,
+    /// Bytes of shuffle data one consumer buffers from one executor before it
+    /// pauses reading (backpressure; a slow client holds at most this much
+    /// per executor on the coordinator).
+    pub exchange_buffer_bytes: usize,
     /// A join whose build side is estimated below this many bytes collects it
     /// whole (in a cluster: broadcasts it to every task of the probe side)
     /// instead of shuffling both sides by key. DataFusion's own default is 1 MiB.
@@ -160,6 +164,11 @@ pub struct QueryConfig {
     /// lost or unreachable) before the failure is reported, as long as no row
     /// has reached the client. Failures of the query itself are never retried.
     pub retries_max: u32,
+    /// A query whose executors use no CPU for this long while it waits for
+    /// rows has stalled (a deadlock in an operator, say) and fails instead of
+    /// waiting for ever; zero: never.
+    #[serde(with = "duration_text")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for QueryConfig {
@@ -169,8 +178,10 @@ impl Default for QueryConfig {
             batch_size: 8192,
             scan_bytes_per_partition: 4 * 1024 * 1024,
             exchange_compression: "none".to_string(),
+            exchange_buffer_bytes: 16 << 20,
             broadcast_join_max_bytes: 64 * 1024 * 1024,
             retries_max: 2,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -321,6 +332,9 @@ impl FlotillaConfig {
         }
         if self.query.batch_size == 0 {
             return Err(bad("query.batch_size must be above zero".into()));
+        }
+        if self.query.exchange_buffer_bytes == 0 {
+            return Err(bad("query.exchange_buffer_bytes must be above zero".into()));
         }
         if self.query.scan_bytes_per_partition == 0 {
             return Err(bad(

@@ -409,6 +409,50 @@ pub async fn kill_all_executors(scale: &Scale) -> Result<Report> {
     );
     report.figure("runs failed with executor loss (57P03)", failed as f64, "");
     report.figure("slowest outcome", slowest.as_secs_f64(), "s");
+    drop(cluster);
+
+    // Without restarts the query fails within the detection time (the
+    // executor timeout, 3 s) with an error naming executor loss.
+    let cluster = Cluster::standalone(ClusterOptions {
+        executors: 2,
+        tpch: Some(scale.sf),
+        restart: false,
+        fault_injection: true,
+        ..ClusterOptions::default()
+    })?;
+    cluster.wait_executors(2, Duration::from_secs(60)).await?;
+    let watcher = cluster.client().await?;
+    let query = spawn_query(&cluster, sql.clone());
+    let victims = kill_when_busy(&watcher, 2, &query, 0).await?;
+    ensure!(
+        !victims.is_empty(),
+        "the query ended before its executors could be killed"
+    );
+    let killed_at = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), query)
+        .await
+        .context("a query hung after every executor was killed for good")??;
+    let error = outcome
+        .err()
+        .context("a query succeeded with every executor dead")?;
+    let pg = error
+        .downcast_ref::<tokio_postgres::Error>()
+        .with_context(|| format!("not a database error: {error:#}"))?;
+    let text = db_text(pg);
+    ensure!(
+        text.starts_with("57P03") && text.contains("executor"),
+        "not an error naming executor loss: {text}"
+    );
+    let took = killed_at.elapsed();
+    ensure!(
+        took < Duration::from_secs(3 + 10),
+        "the error took {took:?} (detection time 3 s)"
+    );
+    report.figure(
+        "no restarts: error naming executor loss after",
+        took.as_secs_f64(),
+        "s",
+    );
     Ok(report)
 }
 
@@ -660,17 +704,16 @@ pub async fn spill_under_a_small_pool(scale: &Scale) -> Result<Report> {
         };
         checks.push((format!("q{q:02}"), sql, Some(answer)));
     }
-    // One sort of every order comment, in one stream: more than the pool holds.
     checks.push((
-        "sort of every o_comment".into(),
-        "select count(*), max(rn) from (select row_number() over (order by o_comment, o_orderkey) as rn from orders) as t".into(),
+        "one sort of two million comments".into(),
+        spilling_sort(scale.spill_sf).into(),
         None,
     ));
     for (name, sql, answer) in checks {
         let (rows, peak_spill, took) = run_watching_spill(&cluster, &client, &sql).await?;
         if let Some(answer) = answer {
             compare(&answer, &rows).with_context(|| format!("{name} under a small pool"))?;
-        } else if name.starts_with("sort") {
+        } else if name.starts_with("one sort") {
             let count = rows[0][0].clone();
             ensure!(
                 count.is_some() && count == rows[0][1],
@@ -714,7 +757,51 @@ pub async fn spill_under_a_small_pool(scale: &Scale) -> Result<Report> {
     );
     let after: Vec<i32> = executors(&client).await?.iter().map(|e| e.pid).collect();
     ensure!(after == pids, "an executor died: {pids:?} -> {after:?}");
+    drop(cluster);
+
+    // The spill directory's cap: the same sort with 8 MiB of spill space
+    // fails with resources exhausted, and leaves nothing behind.
+    let config = format!(
+        "[executor]\nmemory_limit_bytes = {}\nspill_dir = \"{}\"\nspill_bytes_max = {}\n",
+        scale.pool_mib << 20,
+        spill_dir.path().display(),
+        8 << 20
+    );
+    let capped = self::cluster(2, scale.spill_sf, Some(config))?;
+    capped.wait_executors(2, Duration::from_secs(120)).await?;
+    let client = capped.client().await?;
+    let error = match simple_rows(&client, spilling_sort(scale.spill_sf)).await {
+        Ok(rows) => bail!("a sort spilled past the spill cap: {rows:?}"),
+        Err(error) => error,
+    };
+    let pg = error
+        .downcast_ref::<tokio_postgres::Error>()
+        .context("not a database error")?;
+    ensure!(
+        sqlstate(pg).as_deref() == Some("53200"),
+        "the spill cap gave {}",
+        db_text(pg)
+    );
+    wait_idle(&client, Duration::from_secs(10)).await?;
+    let left = spill_files(spill_dir.path())?;
+    ensure!(
+        left.is_empty(),
+        "the capped sort left spill files: {left:?}"
+    );
     Ok(report)
+}
+
+/// One sort of every comment of a table of about two million rows (orders at
+/// SF1, part at SF10), in one stream: more than a small pool holds, less than
+/// a sort's unspillable merge phase needs there.
+fn spilling_sort(sf: f64) -> &'static str {
+    if sf >= 10.0 {
+        "select count(*), max(rn) from (select row_number() over \
+         (order by p_comment, p_partkey) as rn from part) as t"
+    } else {
+        "select count(*), max(rn) from (select row_number() over \
+         (order by o_comment, o_orderkey) as rn from orders) as t"
+    }
 }
 
 /// The answer of single-process DataFusion (with Flotilla's planning rules)

@@ -68,6 +68,7 @@ pub fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::Internal { .. } => "XX000",
         QueryError::Cancelled | QueryError::StatementTimeout { .. } => "57014",
         QueryError::ExecutorsLost => "57P03",
+        QueryError::Stalled { .. } => "XX000",
         QueryError::TooManyQueries { .. } => "53300",
         QueryError::CursorNotFound { .. } => "34000",
         QueryError::WrongParameterCount { .. } => "08P01",
@@ -143,6 +144,8 @@ fn by_message(message: &str) -> Option<&'static str> {
     let rules: &[(&str, &str)] = &[
         // A bug in an operator or function, contained to its query.
         ("a task panicked", "XX000"),
+        // The spill directory's cap (`executor.spill_bytes_max`).
+        ("exceeded the allowable limit", "53200"),
         ("divide by zero", "22012"),
         ("division by zero", "22012"),
         ("overflow", "22003"),
