@@ -37,6 +37,8 @@ enum Role {
     Coordinator(CoordinatorArgs),
     /// An executor: runs plan fragments, registers with a coordinator.
     Executor(ExecutorArgs),
+    /// Says what GPU an executor on this machine would use, or why none.
+    Gpu,
 }
 
 #[derive(Args)]
@@ -130,6 +132,10 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Role::Gpu = cli.role {
+        println!("{}", executor::gpu_report());
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("flotilla")
@@ -141,7 +147,7 @@ fn main() -> Result<()> {
         Role::Executor(_) => Some(
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .thread_name("flotilla-data")
+                .thread_name(flight::exchange::DATA_PLANE_THREAD)
                 .build()
                 .context("building the data-plane runtime")?,
         ),
@@ -153,6 +159,7 @@ fn main() -> Result<()> {
             Role::Standalone(args) => standalone(args).await,
             Role::Coordinator(args) => coordinator(args).await,
             Role::Executor(args) => executor(args, data_handle.expect("data-plane runtime")).await,
+            Role::Gpu => Ok(()),
         }
     });
     if let Some(data_plane) = data_plane {

@@ -23,6 +23,11 @@ fi
 if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
   python3 -m pip install -q "moto[server]"
 fi
+# NVRTC, which compiles the GPU kernels (no GPU needed): the GPU tests fail
+# without it.
+if ! python3 -c "import nvidia.cuda_nvrtc" >/dev/null 2>&1; then
+  python3 -m pip install -q "nvidia-cuda-nvrtc-cu12>=12.9,<13"
+fi
 # Real clients for the client matrix (tests/integration/clients.rs): psql, pgjdbc,
 # psqlODBC + unixODBC, a JDK, and a virtualenv with psycopg, SQLAlchemy, pyodbc, ADBC.
 bash tests/clients/setup.sh
@@ -66,4 +71,5 @@ target_dir="$(cargo metadata --locked --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 "$target_dir/debug/tpch" --quick
 "$target_dir/debug/micro" --quick
+"$target_dir/debug/gpu" --quick
 echo "benchmark smoke: $(( $(date +%s) - start )) s"

@@ -19,9 +19,11 @@
 //!   fails too, the resources-exhausted error is the answer;
 //! - the admission **permit**, held until the stream ends or is dropped;
 //! - a **panic** in an operator that runs here becomes the query's error;
-//! - a **stall** (the executors do no work at all for `query.stall_timeout`
-//!   while the query waits for rows, as under a deadlock in an operator) ends
-//!   the query with an error instead of a wait for ever.
+//! - a **stall** (the executors' data planes do no work at all for
+//!   `query.stall_timeout` while the query waits for rows) runs the query once
+//!   more with unbounded exchange buffers (the one stall known: see
+//!   `QueryRun::unstall`), then ends it with an error instead of a wait for
+//!   ever.
 //!
 //! Dropping the stream drops the attempt's stream, which stops the query on
 //! every executor (`datafusion-distributed` ends the tasks when their
@@ -69,8 +71,10 @@ pub struct Replan {
     pub stall_timeout: Duration,
 }
 
-/// How often a waiting query looks at its executors' CPU time.
-const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a waiting query looks at its executors' CPU time: a quarter of
+/// the stall timeout, between these bounds.
+const STALL_CHECKS_MIN: Duration = Duration::from_millis(250);
+const STALL_CHECKS_MAX: Duration = Duration::from_secs(5);
 
 /// What a waiting query last saw of its executors' CPU time.
 #[derive(Debug)]
@@ -130,6 +134,8 @@ pub struct QueryRun {
     /// The last attempt ran to its end: nothing is left to cancel.
     finished: bool,
     stall: StallWatch,
+    /// Run again once already for a stall.
+    unstalled: bool,
 }
 
 impl Drop for QueryRun {
@@ -179,6 +185,7 @@ impl QueryRun {
             done: false,
             finished: false,
             stall: StallWatch::new(),
+            unstalled: false,
         }
     }
 
@@ -217,7 +224,14 @@ impl QueryRun {
                     return Some(Ok(batch));
                 }
                 Some(Err(error)) => {
-                    let again = if self.may_sort_merge(&error) {
+                    let again = if self.may_unstall(&error) {
+                        tracing::warn!(
+                            %error,
+                            "the query stalled; running it again with unbounded exchange buffers"
+                        );
+                        self.unstall();
+                        true
+                    } else if self.may_sort_merge(&error) {
                         tracing::warn!(
                             %error,
                             "a hash join exhausted the memory pool; running the query again with sort-merge joins, which spill"
@@ -243,6 +257,7 @@ impl QueryRun {
                         return Some(Err(error));
                     }
                     self.stream = None;
+                    self.stall = StallWatch::new();
                     match self.restart().await {
                         Ok(stream) => self.stream = Some(stream),
                         Err(restart_error) => {
@@ -264,16 +279,8 @@ impl QueryRun {
         };
         let options = replan.state.config_mut().options_mut();
         // A sort-merge join reads its two inputs in key order, partition by
-        // partition: with the exchange's per-connection buffer budget, one
-        // partition's unread rows can fill the budget while its sibling waits
-        // for rows behind them, and both stop for good. Without a budget the
-        // exchange buffers the difference instead (in the memory pool).
-        if let Err(error) = options.set(
-            "distributed.worker_connection_buffer_budget_bytes",
-            "1125899906842624",
-        ) {
-            tracing::warn!(%error, "exchange buffer budget not raised");
-        }
+        // partition, which is what makes a stall likely (see `unstall`).
+        unbounded_exchange_buffers(options);
         let optimizer = &mut options.optimizer;
         optimizer.prefer_hash_join = false;
         let defaults = datafusion::config::OptimizerOptions::default();
@@ -283,6 +290,31 @@ impl QueryRun {
         optimizer.hash_join_single_partition_threshold_rows = optimizer
             .hash_join_single_partition_threshold_rows
             .min(defaults.hash_join_single_partition_threshold_rows);
+    }
+
+    /// Whether the attempt stalled, and the query has not been run again for
+    /// a stall yet.
+    fn may_unstall(&self, error: &DataFusionError) -> bool {
+        let stalled = matches!(
+            error,
+            DataFusionError::External(inner)
+                if matches!(inner.downcast_ref::<QueryError>(), Some(QueryError::Stalled { .. }))
+        );
+        stalled && !self.unstalled && !self.emitted && self.replan.is_some()
+    }
+
+    /// Runs the next attempts with exchange buffers unbounded.
+    ///
+    /// The exchange's buffer budget is per connection, shared by the
+    /// partitions the connection carries: one partition's unread rows can fill
+    /// it while a sibling partition waits for rows behind them, and both wait
+    /// for ever. Without a budget the exchange buffers the difference instead
+    /// (in the memory pool) and the query goes on.
+    fn unstall(&mut self) {
+        self.unstalled = true;
+        if let Some(replan) = self.replan.as_mut() {
+            unbounded_exchange_buffers(replan.state.config_mut().options_mut());
+        }
     }
 
     fn may_sort_merge(&self, error: &DataFusionError) -> bool {
@@ -328,7 +360,7 @@ impl QueryRun {
         tokio::pin!(sleep);
         let stall_timeout = replan.as_ref().map_or(Duration::ZERO, |r| r.stall_timeout);
         let mut stall_checks =
-            tokio::time::interval_at(Instant::now() + STALL_CHECK_INTERVAL, STALL_CHECK_INTERVAL);
+            tokio::time::interval((stall_timeout / 4).clamp(STALL_CHECKS_MIN, STALL_CHECKS_MAX));
         loop {
             let changed = async {
                 match lost.as_mut() {
@@ -344,6 +376,10 @@ impl QueryRun {
                 _ = stall_checks.tick(), if !stall_timeout.is_zero() => {
                     let Some(replan) = replan.as_ref() else { continue };
                     let urls = replan.registry.control_urls(&replan.footprint.urls());
+                    if urls.is_empty() {
+                        // The attempt has not reached an executor yet.
+                        continue;
+                    }
                     let idle = stall.observe(executors_cpu_time_ms(&urls).await);
                     if idle >= stall_timeout {
                         return Err(external(QueryError::Stalled { idle }));
@@ -412,6 +448,16 @@ impl QueryRun {
             rx.borrow_and_update();
         }
         Ok(stream)
+    }
+}
+
+/// Lifts the exchange's per-connection buffer budget (see [`QueryRun::unstall`]).
+fn unbounded_exchange_buffers(options: &mut datafusion::config::ConfigOptions) {
+    if let Err(error) = options.set(
+        "distributed.worker_connection_buffer_budget_bytes",
+        &(1u64 << 50).to_string(),
+    ) {
+        tracing::warn!(%error, "exchange buffer budget not lifted");
     }
 }
 

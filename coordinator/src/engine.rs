@@ -444,7 +444,9 @@ fn setting_spec(key: &str) -> Option<(&'static str, &'static str)> {
 /// Whether a dotted name belongs to DataFusion's (or the exchange layer's) options.
 fn is_engine_option(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("datafusion.") || lower.starts_with("distributed.")
+    lower.starts_with("datafusion.")
+        || lower.starts_with("distributed.")
+        || lower.starts_with("flotilla.")
 }
 
 /// One connection's query state.
@@ -836,6 +838,26 @@ impl Session {
             SqlStatement::Set(set) => self.set(set, params).await,
             SqlStatement::ShowVariable { variable } => {
                 let name = join_idents(&variable, " ");
+                let dotted = join_idents(&variable, ".").to_ascii_lowercase();
+                if dotted.starts_with("flotilla.") {
+                    // DataFusion's SHOW knows its own options only.
+                    let value = self
+                        .ctx
+                        .state()
+                        .config()
+                        .options()
+                        .entries()
+                        .into_iter()
+                        // An extension's entries are keyed without its prefix.
+                        .find(|e| Some(e.key.as_str()) == dotted.strip_prefix("flotilla."))
+                        .ok_or_else(|| QueryError::UnknownSetting { name: dotted.clone() })?
+                        .value
+                        .unwrap_or_default();
+                    return rows(
+                        text_schema(&[&dotted]),
+                        vec![Arc::new(StringArray::from(vec![value]))],
+                    );
+                }
                 if is_engine_option(&join_idents(&variable, ".")) {
                     let statement =
                         DFStatement::Statement(Box::new(SqlStatement::ShowVariable { variable }));

@@ -55,6 +55,8 @@ impl ExecutorsTable {
             Field::new("memory_reserved_bytes", DataType::Int64, false),
             Field::new("memory_pool_bytes", DataType::Int64, false),
             Field::new("spill_bytes", DataType::Int64, false),
+            Field::new("gpu_stages", DataType::Int64, false),
+            Field::new("gpu_fallbacks", DataType::Int64, false),
         ]));
         Self { registry, schema }
     }
@@ -106,6 +108,8 @@ impl ExecutorsTable {
             int_column(&stats, |s| s.memory_reserved_bytes),
             int_column(&stats, |s| s.memory_pool_bytes),
             int_column(&stats, |s| s.spill_bytes),
+            int_column(&stats, |s| s.gpu_stages),
+            int_column(&stats, |s| s.gpu_fallbacks),
         ];
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }

@@ -13,12 +13,13 @@ use flight::control::{
     actions, decode, encode, ControlClient, ControlHandler, ControlService, DeregisterRequest,
     HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
-use flight::exchange::{ExchangeWorker, TaskCounters};
+use flight::exchange::{ExchangeWorker, FragmentRewrite, TaskCounters};
 use flight::faults::{FaultSpec, Faults};
 use flight::guard::Cancellations;
 use serde::de::IgnoredAny;
-use sql::config::{ExecutorConfig, ObjectStoreConfig};
+use sql::config::{ExecutorConfig, GpuDevice, ObjectStoreConfig};
 use sql::object_stores::LazyObjectStoreRegistry;
+use sql::session::GpuSetting;
 use tokio::net::TcpListener;
 use tonic::Status;
 
@@ -175,7 +176,12 @@ pub async fn run(
     });
     let channels =
         ExchangeChannels::new(sql::config::CoordinatorConfig::default().exchange_timeout);
-    let worker = ExchangeWorker::new(runtime, channels.clone(), Arc::clone(&faults));
+    let worker = ExchangeWorker::new(
+        runtime,
+        channels.clone(),
+        Arc::clone(&faults),
+        gpu_rewrites(&options.config, &executor_id),
+    );
     let counters = worker.counters();
     let sweeper = data_plane.spawn(worker.sweeper());
     let stats = ControlService::new_server(Arc::new(StatsHandler {
@@ -304,7 +310,7 @@ impl Membership {
                 ticker.tick().await;
                 let beat = HeartbeatRequest {
                     executor_id: self.request.executor_id.clone(),
-                    stats: self.counters.stats(),
+                    stats: executor_stats(&self.counters),
                 };
                 match self
                     .coordinator
@@ -369,7 +375,7 @@ impl ControlHandler for StatsHandler {
         match action {
             actions::STATS => {
                 let _: IgnoredAny = decode(&body)?;
-                encode(&self.counters.stats())
+                encode(&executor_stats(&self.counters))
             }
             actions::CANCEL => {
                 let request: CancelRequest = decode(&body)?;
@@ -387,4 +393,102 @@ impl ControlHandler for StatsHandler {
             ))),
         }
     }
+}
+
+/// The executor's counters, the GPU stages' included.
+fn executor_stats(counters: &TaskCounters) -> flight::control::ExecutorStats {
+    let (gpu_stages, gpu_fallbacks) = gpu::stage_counts();
+    flight::control::ExecutorStats {
+        gpu_stages,
+        gpu_fallbacks,
+        ..counters.stats()
+    }
+}
+
+/// What [`gpu::probe`] finds on this machine, in words: the device, its
+/// measured speeds and the kernels' register figures, or why there is none.
+pub fn gpu_report() -> String {
+    match gpu::probe(kernel_cache_dir().as_deref()) {
+        Ok(device) => {
+            let info = device.info();
+            let mut text = format!(
+                "GPU: {} (compute capability {}.{}, {} MiB)\ncalibration: {:?}\n",
+                info.name,
+                info.compute_capability.0,
+                info.compute_capability.1,
+                info.memory_bytes >> 20,
+                device.calibration()
+            );
+            let arch = format!(
+                "sm_{}{}",
+                info.compute_capability.0, info.compute_capability.1
+            );
+            match gpu::nvrtc::compile(&arch) {
+                Ok(build) => {
+                    for f in build.functions {
+                        text.push_str(&format!(
+                            "kernel {}: {} registers, {} bytes stack, {} bytes spilled\n",
+                            f.name, f.registers, f.stack_frame_bytes, f.spill_store_bytes
+                        ));
+                    }
+                }
+                Err(error) => text.push_str(&format!("kernels: {error}\n")),
+            }
+            text.trim_end().to_string()
+        }
+        Err(reason) => format!("no GPU: {reason}"),
+    }
+}
+
+/// Where compiled kernels are cached: `$XDG_CACHE_HOME/flotilla/kernels`, or
+/// `~/.cache/flotilla/kernels`.
+fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|dir| dir.join("flotilla").join("kernels"))
+}
+
+/// The GPU stage rule for this executor's device (see `gpu`), as a fragment
+/// rewrite that follows each task's `flotilla.gpu`.
+fn gpu_rewrites(config: &sql::config::ExecutorConfig, executor_id: &str) -> Vec<FragmentRewrite> {
+    let rule = match config.gpu {
+        GpuDevice::None => return Vec::new(),
+        GpuDevice::Emulate => {
+            tracing::warn!(executor_id, "GPU stages run in the kernels' host emulation");
+            gpu::GpuStageRule::emulated()
+        }
+        GpuDevice::Detect => {
+            let probe = gpu::probe(kernel_cache_dir().as_deref());
+            match &probe {
+                Ok(device) => tracing::info!(
+                    executor_id,
+                    device = %device.info().name,
+                    compute_capability = ?device.info().compute_capability,
+                    calibration = ?device.calibration(),
+                    "GPU stages run on this device"
+                ),
+                Err(reason) => {
+                    tracing::info!(executor_id, %reason, "no GPU: every stage runs on the CPU")
+                }
+            }
+            gpu::GpuStageRule::for_probe(&probe)
+        }
+    };
+    let rewrite: FragmentRewrite =
+        Arc::new(move |plan, session: &datafusion::prelude::SessionConfig| {
+            let setting = session
+                .options()
+                .extensions
+                .get::<sql::session::FlotillaOptions>()
+                .map(|o| o.gpu)
+                .unwrap_or_default();
+            let mode = match setting {
+                GpuSetting::Off => gpu::GpuMode::Off,
+                GpuSetting::Auto => gpu::GpuMode::Auto,
+                GpuSetting::Force => gpu::GpuMode::Force,
+            };
+            rule.rewrite(plan, mode)
+        });
+    vec![rewrite]
 }

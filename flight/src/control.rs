@@ -99,8 +99,13 @@ pub struct ExecutorStats {
     pub memory_pool_bytes: u64,
     /// Bytes of spill files on disk now.
     pub spill_bytes: u64,
-    /// CPU time the executor process has used since it started.
+    /// CPU time the executor's data-plane threads (fragments, exchange) have
+    /// used since it started.
     pub cpu_time_ms: u64,
+    /// GPU stages run to the end on a device since the executor started.
+    pub gpu_stages: u64,
+    /// GPU stages that had to run on the CPU after they started on a device.
+    pub gpu_fallbacks: u64,
 }
 
 /// Serves one side of the control plane: it gets each action's name and JSON body.

@@ -169,6 +169,23 @@ pub fn send_execution_options(config: &mut SessionConfig, attempt: &str) -> Resu
             headers.insert(name, value);
         }
     }
+    // Flotilla's own settings (an extension: its entries' keys lack the
+    // prefix), all of them.
+    for (prefix, extension) in config.options().extensions.iter() {
+        if prefix != FLOTILLA_PREFIX {
+            continue;
+        }
+        for entry in extension.entries() {
+            let Some(value) = entry.value else { continue };
+            let name = format!("{OPTION_HEADER_PREFIX}{prefix}.{}", entry.key);
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name),
+                http::HeaderValue::try_from(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
     config.set_distributed_passthrough_headers(headers)
 }
 
@@ -198,7 +215,9 @@ pub async fn cancel_attempt(urls: &[Url], attempt: &str) {
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Options that shape how a fragment runs (and not only how it is planned).
-const EXECUTOR_OPTION_PREFIXES: [&str; 1] = ["datafusion.execution."];
+const EXECUTOR_OPTION_PREFIXES: [&str; 2] = ["datafusion.execution.", "flotilla."];
+/// The prefix of Flotilla's own session settings (`sql::session::FlotillaOptions`).
+const FLOTILLA_PREFIX: &str = "flotilla";
 /// Header that carries one option to executors: the prefix, then the key.
 const OPTION_HEADER_PREFIX: &str = "x-flotilla-option-";
 
@@ -291,31 +310,54 @@ impl TaskCounters {
             },
             spill_bytes: self.runtime.disk_manager.used_disk_space(),
             cpu_time_ms: process_cpu_time_ms(),
+            // The executor adds its GPU stages' counts.
+            gpu_stages: 0,
+            gpu_fallbacks: 0,
         }
     }
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
+/// CPU time the threads that run fragments (the data-plane runtime's,
+/// named `flotilla-data`) have used, from `/proc/self/task/*/stat`: work on
+/// queries, and not the heartbeats and stats calls of the control plane.
 fn process_cpu_time_ms() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
     };
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    (ticks(11) + ticks(12)) * 1000 / per_second
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(DATA_PLANE_THREAD) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    ticks * 1000 / per_second
 }
+
+/// The name of the data-plane runtime's threads (set in `src/main.rs`).
+pub const DATA_PLANE_THREAD: &str = "flotilla-data";
+
+/// A rewrite an executor applies to every fragment it receives, before the
+/// fragment runs, given the task's session settings (the GPU stage rule).
+/// It must keep the plan's shape: the same nodes and edges, the same rows.
+pub type FragmentRewrite = Arc<
+    dyn Fn(Arc<dyn ExecutionPlan>, &SessionConfig) -> Result<Arc<dyn ExecutionPlan>> + Send + Sync,
+>;
 
 /// The executor side of the exchange: runs the fragments the coordinator sends and
 /// serves their output to other executors and to the coordinator.
@@ -329,8 +371,14 @@ pub struct ExchangeWorker {
 
 impl ExchangeWorker {
     /// A worker over `runtime` (memory pool, disk manager, object stores), whose
-    /// own requests to other executors go through `channels`.
-    pub fn new(runtime: Arc<RuntimeEnv>, channels: ExchangeChannels, faults: Arc<Faults>) -> Self {
+    /// own requests to other executors go through `channels`, and which
+    /// applies `rewrites` to each fragment in order.
+    pub fn new(
+        runtime: Arc<RuntimeEnv>,
+        channels: ExchangeChannels,
+        faults: Arc<Faults>,
+        rewrites: Vec<FragmentRewrite>,
+    ) -> Self {
         let gauge = Arc::new(TaskGauge::default());
         let cancellations = Arc::new(Cancellations::default());
         let counters = Arc::new(TaskCounters {
@@ -363,6 +411,7 @@ impl ExchangeWorker {
             faults: Arc::clone(&faults),
             cancellations: Arc::clone(&cancellations),
             sort_spill_reservation_bytes,
+            rewrites: Arc::new(rewrites),
         })
         .with_runtime_env(runtime)
         .with_version(env!("CARGO_PKG_VERSION"));
@@ -474,6 +523,7 @@ struct CountingSessionBuilder {
     faults: Arc<Faults>,
     cancellations: Arc<Cancellations>,
     sort_spill_reservation_bytes: usize,
+    rewrites: Arc<Vec<FragmentRewrite>>,
 }
 
 #[async_trait]
@@ -495,6 +545,17 @@ impl WorkerSessionBuilder for CountingSessionBuilder {
         // reservations. A coordinator's explicit setting, applied next, wins.
         config.options_mut().execution.sort_spill_reservation_bytes =
             self.sort_spill_reservation_bytes;
+        if config
+            .options()
+            .extensions
+            .get::<sql::session::FlotillaOptions>()
+            .is_none()
+        {
+            config
+                .options_mut()
+                .extensions
+                .insert(sql::session::FlotillaOptions::default());
+        }
         apply_sent_options(&mut config, &ctx.headers);
         config.set_distributed_channel_resolver(self.channels.clone());
         let gauge = Arc::clone(&self.gauge);
@@ -507,9 +568,14 @@ impl WorkerSessionBuilder for CountingSessionBuilder {
             Some(attempt) => self.cancellations.flag(attempt),
             None => Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        let rewrites = Arc::clone(&self.rewrites);
         config.set_distributed_worker_plan_rewrite_handler(
             move |ev: WorkerPlanRewriteEvent<'_>| {
-                guard_fragment(ev.plan, &gauge, &faults, Arc::clone(&cancelled))
+                let mut plan = ev.plan;
+                for rewrite in rewrites.iter() {
+                    plan = rewrite(plan, ev.session_config)?;
+                }
+                guard_fragment(plan, &gauge, &faults, Arc::clone(&cancelled))
                     .map(WorkerPlanRewriteEventResponse::new)
             },
         );

@@ -9,6 +9,8 @@
 //! - answers exchange requests (a consumer asking for a task's output) only
 //!   after `exchange_delay`, and leaves the next `exchange_drops` of them
 //!   unanswered, as a black-holed connection would;
+//! - stalls its next `stall_tasks` tasks: their output never comes and they
+//!   do no work, as a task whose shuffle data stopped arriving mid-stream;
 //!
 //! and every process registers `fault_panic(text)`, a scalar function that
 //! panics, to stand for a buggy function.
@@ -40,6 +42,8 @@ pub struct FaultSpec {
     pub exchange_delay: Duration,
     /// Leave this many of the next exchange requests unanswered.
     pub exchange_drops: u32,
+    /// Stall this many of the next tasks for good.
+    pub stall_tasks: u32,
 }
 
 /// The fault state of one process. Disabled (the default) means inert: specs
@@ -51,7 +55,17 @@ pub struct Faults {
     fail_tasks: AtomicU32,
     fail_always: AtomicBool,
     exchange_drops: AtomicU32,
+    stall_tasks: AtomicU32,
     exchange_delay: Mutex<Duration>,
+}
+
+/// What an injected fault does to a task.
+#[derive(Debug)]
+pub(crate) enum TaskFault {
+    /// The task fails with this (transient) error.
+    Fail(DataFusionError),
+    /// The task never produces anything.
+    Stall,
 }
 
 impl Faults {
@@ -85,6 +99,7 @@ impl Faults {
         self.fail_always.store(spec.fail_always, Ordering::SeqCst);
         self.exchange_drops
             .store(spec.exchange_drops, Ordering::SeqCst);
+        self.stall_tasks.store(spec.stall_tasks, Ordering::SeqCst);
         *self
             .exchange_delay
             .lock()
@@ -93,11 +108,23 @@ impl Faults {
         Ok(())
     }
 
-    /// The error the task starting now must fail with, if any.
-    pub(crate) fn task_failure(&self) -> Option<DataFusionError> {
+    /// The fault the task starting now must suffer, if any.
+    pub(crate) fn task_fault(&self) -> Option<TaskFault> {
         if !self.enabled {
             return None;
         }
+        let stall = self
+            .stall_tasks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if stall {
+            return Some(TaskFault::Stall);
+        }
+        self.task_failure().map(TaskFault::Fail)
+    }
+
+    /// The error the task starting now must fail with, if any.
+    fn task_failure(&self) -> Option<DataFusionError> {
         let once = self
             .fail_tasks
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -276,7 +303,7 @@ mod tests {
                 ..FaultSpec::default()
             })
             .is_err());
-        assert!(faults.task_failure().is_none());
+        assert!(faults.task_fault().is_none());
         assert!(matches!(faults.exchange_fate(), ExchangeFate::Serve(d) if d.is_zero()));
     }
 
@@ -290,10 +317,12 @@ mod tests {
                 ..FaultSpec::default()
             })
             .unwrap();
-        let error = faults.task_failure().expect("first");
+        let Some(TaskFault::Fail(error)) = faults.task_fault() else {
+            panic!("no first failure");
+        };
         assert!(crate::failure::is_retryable(&error));
-        assert!(faults.task_failure().is_some());
-        assert!(faults.task_failure().is_none());
+        assert!(faults.task_fault().is_some());
+        assert!(faults.task_fault().is_none());
         assert!(matches!(faults.exchange_fate(), ExchangeFate::Drop));
         assert!(matches!(faults.exchange_fate(), ExchangeFate::Serve(_)));
     }

@@ -42,7 +42,7 @@ use datafusion::physical_plan::{
 use datafusion_distributed::BroadcastExec;
 use futures::Stream;
 
-use crate::faults::Faults;
+use crate::faults::{Faults, TaskFault};
 
 /// Counts of an executor's task streams.
 #[derive(Debug, Default)]
@@ -386,7 +386,7 @@ impl ExecutionPlan for TaskGuardExec {
         let mut stream = GuardedStream {
             schema,
             inner: None,
-            injected: self.faults.task_failure(),
+            injected: self.faults.task_fault(),
             gauge: Arc::clone(&self.gauge),
             live: Arc::clone(&self.live),
         };
@@ -420,7 +420,7 @@ struct GuardedStream {
     schema: SchemaRef,
     /// `None` once finished (or failed), and for an injected failure.
     inner: Option<SendableRecordBatchStream>,
-    injected: Option<DataFusionError>,
+    injected: Option<TaskFault>,
     gauge: Arc<TaskGauge>,
     live: Arc<Mutex<Live>>,
 }
@@ -441,8 +441,14 @@ impl Stream for GuardedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(error) = self.injected.take() {
-            return Poll::Ready(Some(Err(error)));
+        match self.injected.take() {
+            Some(TaskFault::Fail(error)) => return Poll::Ready(Some(Err(error))),
+            Some(TaskFault::Stall) => {
+                // Never woken: the task does nothing until it is dropped.
+                self.injected = Some(TaskFault::Stall);
+                return Poll::Pending;
+            }
+            None => {}
         }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);

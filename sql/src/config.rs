@@ -98,6 +98,20 @@ pub struct ExecutorConfig {
     /// Most bytes of spill files on disk at once; a query that needs more fails
     /// with a resources-exhausted error.
     pub spill_bytes_max: u64,
+    /// The device GPU stages run on: `detect` (the first CUDA device of
+    /// compute capability 8.0 or more, if there is one), `none`, or `emulate`
+    /// (the kernels' host emulation, to test the GPU path without a GPU).
+    pub gpu: GpuDevice,
+}
+
+/// Where an executor's GPU stages run (`executor.gpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuDevice {
+    #[default]
+    Detect,
+    None,
+    Emulate,
 }
 
 impl Default for ExecutorConfig {
@@ -108,6 +122,7 @@ impl Default for ExecutorConfig {
             memory_limit_bytes: None,
             spill_dir: None,
             spill_bytes_max: 64 << 30,
+            gpu: GpuDevice::Detect,
         }
     }
 }
@@ -153,8 +168,11 @@ pub struct QueryConfig {
     /// Compression of shuffle data: `lz4`, `zstd` or `none`.
     pub exchange_compression: String,
     /// Bytes of shuffle data one consumer buffers from one executor before it
-    /// pauses reading (backpressure; a slow client holds at most this much
-    /// per executor on the coordinator).
+    /// pauses reading (backpressure: a slow client holds at most this much per
+    /// executor on the coordinator). The budget is shared by the partitions
+    /// one connection carries: too small a budget lets one partition's unread
+    /// rows stop a sibling that waits for its own (a stall; see
+    /// `query.stall_timeout`).
     pub exchange_buffer_bytes: usize,
     /// A join whose build side is estimated below this many bytes collects it
     /// whole (in a cluster: broadcasts it to every task of the probe side)
@@ -178,7 +196,7 @@ impl Default for QueryConfig {
             batch_size: 8192,
             scan_bytes_per_partition: 4 * 1024 * 1024,
             exchange_compression: "none".to_string(),
-            exchange_buffer_bytes: 16 << 20,
+            exchange_buffer_bytes: 64 << 20,
             broadcast_join_max_bytes: 64 * 1024 * 1024,
             retries_max: 2,
             stall_timeout: Duration::from_secs(60),

@@ -19,9 +19,78 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// Schema that holds the system tables.
 pub const SYSTEM_SCHEMA: &str = "flotilla";
 
+/// Whether executors may run supported operators on a GPU
+/// (`SET flotilla.gpu = off | auto | force`): `auto` where the executor's
+/// cost model expects a gain, `force` wherever supported and a device exists.
+/// Each executor decides with what it has; without a device the CPU answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuSetting {
+    Off,
+    #[default]
+    Auto,
+    Force,
+}
+
+impl std::str::FromStr for GpuSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(GpuSetting::Off),
+            "auto" => Ok(GpuSetting::Auto),
+            "force" => Ok(GpuSetting::Force),
+            other => Err(format!(
+                "flotilla.gpu must be off, auto or force, not '{other}'"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GpuSetting::Off => "off",
+            GpuSetting::Auto => "auto",
+            GpuSetting::Force => "force",
+        })
+    }
+}
+
+impl datafusion::config::ConfigField for GpuSetting {
+    fn visit<V: datafusion::config::Visit>(&self, v: &mut V, key: &str, description: &'static str) {
+        v.some(key, self, description)
+    }
+
+    fn set(&mut self, _key: &str, value: &str) -> datafusion::error::Result<()> {
+        *self = value
+            .parse()
+            .map_err(datafusion::error::DataFusionError::Configuration)?;
+        Ok(())
+    }
+
+    fn reset(&mut self, _key: &str) -> datafusion::error::Result<()> {
+        *self = GpuSetting::default();
+        Ok(())
+    }
+}
+
+datafusion::common::extensions_options! {
+    /// Flotilla's own session settings, `SET flotilla.<name> = ...`; they
+    /// travel with every task to the executors.
+    pub struct FlotillaOptions {
+        /// GPU use on executors: off, auto or force.
+        pub gpu: GpuSetting, default = GpuSetting::Auto
+    }
+}
+
+impl datafusion::config::ConfigExtension for FlotillaOptions {
+    const PREFIX: &'static str = "flotilla";
+}
+
 /// Session settings from the configuration.
 pub fn session_config(config: &FlotillaConfig) -> SessionConfig {
     let mut cfg = SessionConfig::new()
+        .with_option_extension(FlotillaOptions::default())
         .with_target_partitions(config.target_partitions())
         .with_batch_size(config.query.batch_size)
         .with_information_schema(true)

@@ -1,5 +1,6 @@
-//! The dependency rule: `sql` depends on no workspace crate, `flight` only on
-//! `sql`, and `coordinator` and `executor` never on each other.
+//! The dependency rule: `sql` and `gpu` depend on no workspace crate, `flight`
+//! only on `sql`, `coordinator` and `executor` never on each other, and only
+//! the executor uses `gpu`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -63,8 +64,18 @@ fn workspace_dependencies_point_one_way() -> Result<()> {
         .get("executor")
         .unwrap_or(&none)
         .contains("coordinator"));
-    if let Some(gpu) = deps.get("gpu") {
-        assert!(gpu.is_empty(), "gpu must stand alone: {gpu:?}");
-    }
+    assert_eq!(
+        deps.get("gpu").context("the gpu crate")?,
+        &none,
+        "gpu must stand alone"
+    );
+    // The executor is the GPU's only user among the service's crates (the
+    // tests and benchmarks drive it directly too).
+    let gpu_users: BTreeSet<&str> = deps
+        .iter()
+        .filter(|(name, d)| d.contains("gpu") && !matches!(name.as_str(), "tests" | "benches"))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(gpu_users, BTreeSet::from(["executor"]), "users of gpu");
     Ok(())
 }

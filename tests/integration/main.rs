@@ -7,6 +7,7 @@ mod clients;
 mod compose;
 mod fixtures;
 mod flight_sql;
+mod gpu_stages;
 mod layout;
 mod lifecycle;
 mod object_store;

@@ -274,6 +274,10 @@ fn spawn_query(cluster: &Cluster, sql: String) -> tokio::task::JoinHandle<Result
     let port = cluster.pg_port;
     tokio::spawn(async move {
         let client = crate::cluster::connect(port).await?;
+        // No scenario's query may run for ever.
+        client
+            .simple_query("SET statement_timeout = '300s'")
+            .await?;
         simple_rows(&client, &sql).await
     })
 }
@@ -619,8 +623,9 @@ pub async fn user_errors_are_not_retried(_scale: &Scale) -> Result<Report> {
 /// right.
 pub async fn exchange_delayed_or_dropped(_scale: &Scale) -> Result<Report> {
     let timeout = Duration::from_secs(2);
+    // The extra configuration follows the test clusters' own `[query]` table.
     let config = format!(
-        "[coordinator]\nexchange_timeout = \"{}s\"\n",
+        "stall_timeout = \"3s\"\n[coordinator]\nexchange_timeout = \"{}s\"\n",
         timeout.as_secs()
     );
     let cluster = cluster(2, 0.1, Some(config))?;
@@ -666,6 +671,27 @@ pub async fn exchange_delayed_or_dropped(_scale: &Scale) -> Result<Report> {
     report.figure(
         "q03 with one exchange request dropped (timeout 2 s)",
         started.elapsed().as_secs_f64(),
+        "s",
+    );
+
+    // A task whose data stops coming mid-stream (the request was answered;
+    // the rows never arrive): the stall watchdog (3 s here) notices that the
+    // executors do nothing, and the query runs again.
+    inject_faults(
+        &rows[1].control_url,
+        serde_json::json!({ "stall_tasks": 1 }),
+    )
+    .await?;
+    let started = Instant::now();
+    compare(&answer, &simple_rows(&client, &sql).await?).context("with a stalled task")?;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(30),
+        "a stalled task took {took:?} to get past"
+    );
+    report.figure(
+        "q03 with one task stalled (stall timeout 3 s)",
+        took.as_secs_f64(),
         "s",
     );
     Ok(report)

@@ -1,0 +1,492 @@
+//! The kernels on a CUDA device, through cudarc's driver API.
+//!
+//! A chunk's columns are packed into one pinned host staging buffer
+//! (allocated without write-combining, so the host may read it too) and
+//! copied in with one transfer; the hash table stays on the device until the
+//! stage reads it back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{
+    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+};
+
+use crate::backend::{flags, Chunk, Figures, HostColumn, Readback, TableShape};
+use crate::device::{Calibration, Device};
+use crate::error::{GpuError, Result};
+use crate::program::{ColumnKind, ProgramSet};
+
+/// Column buffers start at this alignment in the staging buffer.
+const ALIGN: usize = 256;
+const BLOCK_THREADS: u32 = 256;
+const GRID_BLOCKS_MAX: u32 = 4096;
+
+fn config_for(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            (rows.div_ceil(BLOCK_THREADS as usize) as u32).clamp(1, GRID_BLOCKS_MAX),
+            1,
+            1,
+        ),
+        block_dim: (BLOCK_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn copy_in<T: DeviceRepr + Clone + Default>(
+    device: &Device,
+    values: &[T],
+    what: &'static str,
+) -> Result<CudaSlice<T>> {
+    // A zero-length allocation is refused: one element stands for none.
+    let padded;
+    let values = if values.is_empty() {
+        padded = vec![T::default()];
+        &padded[..]
+    } else {
+        values
+    };
+    device
+        .stream
+        .clone_htod(values)
+        .map_err(|e| GpuError::driver(what, e))
+}
+
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
+    device
+        .stream
+        .alloc_zeros::<T>(len.max(1))
+        .map_err(|e| out_of_memory(device, (len.max(1) * std::mem::size_of::<T>()) as u64, e))
+}
+
+fn out_of_memory(device: &Device, needed_bytes: u64, error: impl std::fmt::Debug) -> GpuError {
+    let free_bytes = device.free_bytes();
+    if free_bytes < needed_bytes {
+        GpuError::OutOfMemory {
+            needed_bytes,
+            free_bytes,
+        }
+    } else {
+        GpuError::driver("cuMemAlloc", error)
+    }
+}
+
+fn copy_out<T: DeviceRepr>(device: &Device, slice: &CudaSlice<T>) -> Result<Vec<T>> {
+    device
+        .stream
+        .clone_dtoh(slice)
+        .map_err(|e| GpuError::driver("cuMemcpyDtoH", e))
+}
+
+/// A chunk's columns on the device.
+struct Staged {
+    /// Every column's buffers, packed; the pointers below point into it, so
+    /// it lives as long as they are used.
+    _buffer: CudaSlice<u8>,
+    values: CudaSlice<u64>,
+    validity: CudaSlice<u64>,
+    kind: CudaSlice<i32>,
+    side: CudaSlice<i32>,
+}
+
+/// Reusable pinned host memory for the copies in.
+#[derive(Default)]
+struct Staging {
+    pinned: Option<PinnedHostSlice<u8>>,
+}
+
+impl Staging {
+    /// Packs the columns into pinned memory and copies them to the device.
+    fn stage(
+        &mut self,
+        device: &Device,
+        columns: &[Option<HostColumn<'_>>],
+        indirect: bool,
+    ) -> Result<Staged> {
+        let mut offsets = Vec::with_capacity(columns.len());
+        let mut size = 0usize;
+        for column in columns {
+            let mut place = |bytes: Option<&[u8]>| {
+                bytes.map(|b| {
+                    let at = size;
+                    size = (size + b.len()).div_ceil(ALIGN) * ALIGN;
+                    at
+                })
+            };
+            let values = place(column.map(|c| c.values));
+            let validity = place(column.and_then(|c| c.validity));
+            offsets.push((values, validity));
+        }
+        let size = size.max(ALIGN);
+        if self.pinned.as_ref().is_none_or(|p| p.len() < size) {
+            // Flags 0: page-locked, cached (write-combined memory is slow for
+            // the host to read, and the host fills this buffer).
+            // SAFETY: the memory is written before any of it is read.
+            let pinned = unsafe {
+                device
+                    .ctx
+                    .alloc_pinned_with_flags::<u8>(size.next_power_of_two(), 0)
+            }
+            .map_err(|e| GpuError::driver("cuMemHostAlloc", e))?;
+            self.pinned = Some(pinned);
+        }
+        let Some(pinned) = self.pinned.as_mut() else {
+            return Err(GpuError::driver("cuMemHostAlloc", "no staging buffer"));
+        };
+        let host = pinned
+            .as_mut_slice()
+            .map_err(|e| GpuError::driver("cuEventSynchronize", e))?;
+        for (column, (values, validity)) in columns.iter().zip(&offsets) {
+            if let (Some(column), Some(at)) = (column, values) {
+                host[*at..*at + column.values.len()].copy_from_slice(column.values);
+            }
+            if let (Some(bits), Some(at)) = (column.and_then(|c| c.validity), validity) {
+                host[*at..*at + bits.len()].copy_from_slice(bits);
+            }
+        }
+        let mut buffer = zeros::<u8>(device, size)?;
+        device
+            .stream
+            .memcpy_htod(&host[..size], &mut buffer)
+            .map_err(|e| GpuError::driver("cuMemcpyHtoD", e))?;
+        let (base, _read) = buffer.device_ptr(&device.stream);
+        let address = |at: Option<usize>| at.map_or(0u64, |at| base + at as u64);
+        let values: Vec<u64> = offsets.iter().map(|(v, _)| address(*v)).collect();
+        let validity: Vec<u64> = offsets.iter().map(|(_, v)| address(*v)).collect();
+        let kind: Vec<i32> = columns
+            .iter()
+            .map(|c| c.map_or(ColumnKind::I32 as i32, |c| c.kind as i32))
+            .collect();
+        drop(_read);
+        Ok(Staged {
+            values: copy_in(device, &values, "cuMemcpyHtoD")?,
+            validity: copy_in(device, &validity, "cuMemcpyHtoD")?,
+            kind: copy_in(device, &kind, "cuMemcpyHtoD")?,
+            side: copy_in(
+                device,
+                &vec![i32::from(indirect); columns.len()],
+                "cuMemcpyHtoD",
+            )?,
+            _buffer: buffer,
+        })
+    }
+}
+
+/// A stage's hash table on the device.
+pub(crate) struct CudaTable {
+    device: Arc<Device>,
+    shape: TableShape,
+    meta: CudaSlice<i32>,
+    code: CudaSlice<i32>,
+    int_consts: CudaSlice<i64>,
+    float_consts: CudaSlice<f64>,
+    state: CudaSlice<u32>,
+    keys: CudaSlice<i64>,
+    key_valid: CudaSlice<u32>,
+    acc: CudaSlice<u64>,
+    groups: CudaSlice<u32>,
+    overflow_count: CudaSlice<u32>,
+    error: CudaSlice<u32>,
+    staging: Staging,
+    figures: Figures,
+}
+
+impl CudaTable {
+    pub fn new(
+        device: Arc<Device>,
+        shape: TableShape,
+        meta: &[i32],
+        programs: &ProgramSet,
+    ) -> Result<Self> {
+        let needed = shape.bytes();
+        let free = device.free_bytes();
+        if needed > free / 2 {
+            return Err(GpuError::OutOfMemory {
+                needed_bytes: needed,
+                free_bytes: free,
+            });
+        }
+        let d = &device;
+        Ok(Self {
+            meta: copy_in(d, meta, "cuMemcpyHtoD")?,
+            code: copy_in(d, &programs.code, "cuMemcpyHtoD")?,
+            int_consts: copy_in(d, &programs.int_consts, "cuMemcpyHtoD")?,
+            float_consts: copy_in(d, &programs.float_consts, "cuMemcpyHtoD")?,
+            state: zeros(d, shape.capacity)?,
+            keys: zeros(d, shape.capacity * shape.keys)?,
+            key_valid: zeros(d, shape.capacity)?,
+            acc: zeros(d, shape.capacity * shape.acc_width)?,
+            groups: zeros(d, 1)?,
+            overflow_count: zeros(d, 1)?,
+            error: zeros(d, 1)?,
+            staging: Staging::default(),
+            figures: Figures::default(),
+            shape,
+            device,
+        })
+    }
+
+    pub fn figures(&self) -> Figures {
+        self.figures
+    }
+
+    pub fn shape(&self) -> TableShape {
+        self.shape
+    }
+
+    /// Folds in a chunk, or the rows of it `only` lists: (groups in the
+    /// table, rows that found no slot, error flags).
+    pub fn fold(
+        &mut self,
+        chunk: &Chunk<'_>,
+        only: Option<&[i32]>,
+    ) -> Result<(usize, Vec<i32>, u32)> {
+        let device = Arc::clone(&self.device);
+        let started = Instant::now();
+        let staged = self
+            .staging
+            .stage(&device, &chunk.columns, only.is_some())?;
+        let launch_rows = only.map_or(chunk.rows, <[i32]>::len);
+        let only_rows = only
+            .map(|rows| copy_in(&device, rows, "cuMemcpyHtoD"))
+            .transpose()?;
+        let mut overflow = zeros::<i32>(&device, launch_rows)?;
+        self.overflow_count = zeros::<u32>(&device, 1)?;
+        sync(&device)?;
+        let copied = Instant::now();
+        let rows = launch_rows as i32;
+        let capacity = self.shape.capacity as i32;
+        let acc_width = self.shape.acc_width as i32;
+        let none = 0u64;
+        let mut launch = device.stream.launch_builder(&device.aggregate);
+        launch
+            .arg(&rows)
+            .arg(&staged.values)
+            .arg(&staged.validity)
+            .arg(&staged.kind)
+            .arg(&staged.side);
+        match &only_rows {
+            Some(rows) => launch.arg(rows),
+            None => launch.arg(&none),
+        };
+        launch
+            .arg(&none)
+            .arg(&self.meta)
+            .arg(&self.code)
+            .arg(&self.int_consts)
+            .arg(&self.float_consts)
+            .arg(&capacity)
+            .arg(&mut self.state)
+            .arg(&mut self.keys)
+            .arg(&mut self.key_valid)
+            .arg(&mut self.acc)
+            .arg(&acc_width)
+            .arg(&mut self.groups)
+            .arg(&mut overflow)
+            .arg(&mut self.overflow_count)
+            .arg(&mut self.error);
+        // SAFETY: the arguments match flotilla_aggregate's parameters in
+        // order and type (pointers as device addresses, ints as i32), and
+        // every buffer is as large as the shape and the chunk say; the
+        // overflow list has a slot per row of the launch.
+        unsafe { launch.launch(config_for(launch_rows)) }
+            .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
+        let groups = copy_out(&device, &self.groups)?[0] as usize;
+        let error = copy_out(&device, &self.error)?[0];
+        let overflowed = copy_out(&device, &self.overflow_count)?[0] as usize;
+        let mut overflow_rows = if overflowed > 0 {
+            copy_out(&device, &overflow)?
+        } else {
+            Vec::new()
+        };
+        overflow_rows.truncate(overflowed);
+        drop(staged);
+        self.figures.launches += 1;
+        self.figures.bytes_in += chunk.bytes();
+        self.figures.copy_in += copied - started;
+        self.figures.kernel += copied.elapsed();
+        Ok((groups, overflow_rows, error))
+    }
+
+    /// Reads the table back and zeroes it on the device.
+    pub fn take(&mut self) -> Result<Readback> {
+        let device = Arc::clone(&self.device);
+        let started = Instant::now();
+        let read = Readback {
+            state: copy_out(&device, &self.state)?,
+            keys: copy_out(&device, &self.keys)?,
+            key_valid: copy_out(&device, &self.key_valid)?,
+            acc: copy_out(&device, &self.acc)?,
+        };
+        let zero = |e| GpuError::driver("cuMemsetD8", e);
+        device.stream.memset_zeros(&mut self.state).map_err(zero)?;
+        device.stream.memset_zeros(&mut self.keys).map_err(zero)?;
+        device
+            .stream
+            .memset_zeros(&mut self.key_valid)
+            .map_err(zero)?;
+        device.stream.memset_zeros(&mut self.acc).map_err(zero)?;
+        device.stream.memset_zeros(&mut self.groups).map_err(zero)?;
+        sync(&device)?;
+        self.figures.bytes_out += self.shape.bytes();
+        self.figures.copy_out += started.elapsed();
+        Ok(read)
+    }
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device
+        .stream
+        .synchronize()
+        .map_err(|e| GpuError::driver("cuStreamSynchronize", e))
+}
+
+/// The pairs of an inner join on one integer key, computed on the device.
+pub(crate) fn join_pairs(
+    device: &Arc<Device>,
+    build: HostColumn<'_>,
+    build_rows: usize,
+    probe: HostColumn<'_>,
+    probe_rows: usize,
+) -> Result<(Vec<i32>, Vec<i32>)> {
+    let capacity = crate::backend::join_capacity(build_rows);
+    let upload = |bytes: &[u8]| copy_in(device, bytes, "cuMemcpyHtoD");
+    let build_values = upload(build.values)?;
+    let build_validity = build.validity.map(upload).transpose()?;
+    let probe_values = upload(probe.values)?;
+    let probe_validity = probe.validity.map(upload).transpose()?;
+    let mut heads = zeros::<i32>(device, capacity)?;
+    let mut next = zeros::<i32>(device, build_rows)?;
+    let none = 0u64;
+    let (rows, cap, build_kind, probe_kind) = (
+        build_rows as i32,
+        capacity as i32,
+        build.kind as i32,
+        probe.kind as i32,
+    );
+    {
+        let mut launch = device.stream.launch_builder(&device.join_build);
+        launch.arg(&rows).arg(&build_values);
+        match &build_validity {
+            Some(bits) => launch.arg(bits),
+            None => launch.arg(&none),
+        };
+        launch
+            .arg(&build_kind)
+            .arg(&cap)
+            .arg(&mut heads)
+            .arg(&mut next);
+        // SAFETY: arguments as flotilla_join_build declares them; heads has
+        // `capacity` buckets and next one slot per build row.
+        unsafe { launch.launch(config_for(build_rows)) }
+            .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
+    }
+    let mut out_capacity = probe_rows.max(1);
+    loop {
+        let mut out_probe = zeros::<i32>(device, out_capacity)?;
+        let mut out_build = zeros::<i32>(device, out_capacity)?;
+        let mut count = zeros::<u32>(device, 1)?;
+        let mut error = zeros::<u32>(device, 1)?;
+        let (probe_rows_i32, out_cap) = (probe_rows as i32, out_capacity as i32);
+        let mut launch = device.stream.launch_builder(&device.join_probe);
+        launch.arg(&probe_rows_i32).arg(&probe_values);
+        match &probe_validity {
+            Some(bits) => launch.arg(bits),
+            None => launch.arg(&none),
+        };
+        launch.arg(&probe_kind).arg(&build_values);
+        match &build_validity {
+            Some(bits) => launch.arg(bits),
+            None => launch.arg(&none),
+        };
+        launch
+            .arg(&build_kind)
+            .arg(&cap)
+            .arg(&heads)
+            .arg(&next)
+            .arg(&mut out_probe)
+            .arg(&mut out_build)
+            .arg(&out_cap)
+            .arg(&mut count)
+            .arg(&mut error);
+        // SAFETY: arguments as flotilla_join_probe declares them; the
+        // outputs hold out_capacity pairs.
+        unsafe { launch.launch(config_for(probe_rows)) }
+            .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
+        let count = copy_out(device, &count)?[0] as usize;
+        let flags_set = copy_out(device, &error)?[0] & !flags::OUTPUT_FULL;
+        if flags_set != 0 {
+            return Err(GpuError::Kernel {
+                what: crate::backend::describe_flags(flags_set),
+            });
+        }
+        if count <= out_capacity {
+            let mut p = copy_out(device, &out_probe)?;
+            let mut b = copy_out(device, &out_build)?;
+            p.truncate(count);
+            b.truncate(count);
+            return Ok((p, b));
+        }
+        out_capacity = count;
+    }
+}
+
+/// Measures the device: a 64 MiB copy in, and the aggregate kernel counting
+/// eight million rows of one Int64 column, then one row (the launch's fixed
+/// cost).
+pub(crate) fn calibrate(device: &Arc<Device>) -> Result<Calibration> {
+    let bytes = 64usize << 20;
+    let data = vec![1u8; bytes];
+    let column = HostColumn {
+        values: &data,
+        validity: None,
+        kind: ColumnKind::I64,
+    };
+    let mut staging = Staging::default();
+    // Once to warm up (allocations), once measured.
+    staging.stage(device, &[Some(column)], false)?;
+    sync(device)?;
+    let started = Instant::now();
+    let staged = staging.stage(device, &[Some(column)], false)?;
+    sync(device)?;
+    let copy = started.elapsed();
+    drop(staged);
+
+    // count(*) with no keys: filter_len 0, keys 0, one aggregate of kind
+    // COUNT_ROWS at offset 0.
+    let meta = [0, 0, 1, 0, 0, 0, 0];
+    let shape = TableShape {
+        capacity: 1,
+        keys: 0,
+        acc_width: 1,
+    };
+    let mut table = CudaTable::new(Arc::clone(device), shape, &meta, &ProgramSet::default())?;
+    let rows = bytes / 8;
+    table.fold(
+        &Chunk {
+            rows,
+            columns: vec![Some(column)],
+        },
+        None,
+    )?;
+    let big = table.figures();
+    table.fold(
+        &Chunk {
+            rows: 1,
+            columns: vec![Some(HostColumn {
+                values: &data[..8],
+                validity: None,
+                kind: ColumnKind::I64,
+            })],
+        },
+        None,
+    )?;
+    let launch = table.figures().kernel - big.kernel;
+    let kernel = big.kernel.saturating_sub(launch);
+    Ok(Calibration {
+        copy_in_bytes_per_second: bytes as f64 / copy.as_secs_f64().max(1e-9),
+        kernel_rows_per_second: rows as f64 / kernel.as_secs_f64().max(1e-9),
+        launch: launch.max(Duration::from_micros(5)),
+    })
+}
