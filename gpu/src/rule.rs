@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::error::Result;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -166,16 +166,25 @@ impl GpuStageRule {
             };
             let stage = match AggregateStage::plan(aggregate) {
                 Ok(stage) => stage,
-                Err(error) => {
-                    tracing::debug!(%error, "an aggregate stays on the CPU");
+                // Only the partial step could run on a device: the others
+                // stay as they are, and say nothing.
+                Err(_) if *aggregate.mode() != AggregateMode::Partial => {
                     return Ok(Transformed::no(node));
+                }
+                Err(error) => {
+                    let decision = Decision {
+                        on_gpu: false,
+                        reason: error.to_string(),
+                    };
+                    let exec = GpuStageExec::new(Arc::clone(&node), None, None, decision);
+                    return Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>));
                 }
             };
             let rows = partition_rows(aggregate, stage.depth());
             let decision = self.decide(&stage, rows, mode);
             let exec = GpuStageExec::new(
                 Arc::clone(&node),
-                Arc::new(stage),
+                Some(Arc::new(stage)),
                 self.backend.clone(),
                 decision,
             )

@@ -544,7 +544,9 @@ pub struct Decision {
 pub struct GpuStageExec {
     /// The `AggregateExec` as planned, with the same child: the CPU path.
     cpu: Arc<dyn ExecutionPlan>,
-    stage: Arc<AggregateStage>,
+    /// `None`: the device does not support the aggregate (the decision says
+    /// why); it stands here so that `EXPLAIN ANALYZE` says so.
+    stage: Option<Arc<AggregateStage>>,
     backend: Option<Backend>,
     decision: Decision,
     chunk_rows: usize,
@@ -554,7 +556,7 @@ pub struct GpuStageExec {
 impl fmt::Debug for GpuStageExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuStageExec")
-            .field("stage", &self.stage.summary)
+            .field("stage", &self.summary())
             .field("decision", &self.decision)
             .finish()
     }
@@ -565,7 +567,7 @@ impl GpuStageExec {
     /// `backend` when `decision` says so.
     pub(crate) fn new(
         aggregate: Arc<dyn ExecutionPlan>,
-        stage: Arc<AggregateStage>,
+        stage: Option<Arc<AggregateStage>>,
         backend: Option<Backend>,
         decision: Decision,
     ) -> Self {
@@ -589,14 +591,23 @@ impl GpuStageExec {
         &self.decision
     }
 
-    pub fn stage(&self) -> &AggregateStage {
-        &self.stage
+    /// The compiled stage, if the device supports the aggregate.
+    pub fn stage(&self) -> Option<&AggregateStage> {
+        self.stage.as_deref()
+    }
+
+    /// What the stage does, in a line.
+    pub fn summary(&self) -> String {
+        match &self.stage {
+            Some(stage) => stage.summary.clone(),
+            None => "partial aggregate".into(),
+        }
     }
 
     /// The plan the stage reads: `depth` levels under the aggregate.
-    fn input(&self) -> Arc<dyn ExecutionPlan> {
+    fn input(&self, stage: &AggregateStage) -> Arc<dyn ExecutionPlan> {
         let mut plan = Arc::clone(self.cpu.children()[0]);
-        for _ in 0..self.stage.depth {
+        for _ in 0..stage.depth {
             plan = Arc::clone(plan.children()[0]);
         }
         plan
@@ -612,7 +623,8 @@ impl DisplayAs for GpuStageExec {
         write!(
             f,
             "GpuStageExec: {}, on {place}: {}",
-            self.stage.summary, self.decision.reason
+            self.summary(),
+            self.decision.reason
         )
     }
 }
@@ -656,7 +668,7 @@ impl ExecutionPlan for GpuStageExec {
         let cpu = Arc::clone(&self.cpu).replace_children(children, options)?;
         Ok(Arc::new(GpuStageExec {
             cpu,
-            stage: Arc::clone(&self.stage),
+            stage: self.stage.clone(),
             backend: self.backend.clone(),
             decision: self.decision.clone(),
             chunk_rows: self.chunk_rows,
@@ -673,14 +685,25 @@ impl ExecutionPlan for GpuStageExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let backend = match (&self.backend, self.decision.on_gpu) {
-            (Some(backend), true) => backend.clone(),
-            _ => return self.cpu.execute(partition, context),
+        let (backend, stage) = match (&self.backend, &self.stage, self.decision.on_gpu) {
+            (Some(backend), Some(stage), true) => (backend.clone(), Arc::clone(stage)),
+            _ => {
+                // Why not, for EXPLAIN ANALYZE (metrics are all it shows of
+                // what executors did).
+                MetricBuilder::new(&self.metrics)
+                    .with_new_label("why", self.decision.reason.clone())
+                    .counter("gpu_declined", partition)
+                    .add(1);
+                return self.cpu.execute(partition, context);
+            }
         };
+        MetricBuilder::new(&self.metrics)
+            .with_new_label("device", backend.name())
+            .counter("gpu_stage", partition)
+            .add(1);
         let metrics = StageMetrics::new(&self.metrics, partition);
         let cpu = Arc::clone(&self.cpu);
-        let input = self.input();
-        let stage = Arc::clone(&self.stage);
+        let input = self.input(&stage);
         let schema = self.schema();
         let chunk_rows = self.chunk_rows;
         let stream = futures::stream::once(async move {

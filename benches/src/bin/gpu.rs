@@ -190,7 +190,7 @@ impl StageFigures {
             } else {
                 self.reasons.push(format!(
                     "{}: CPU, {}",
-                    stage.stage().summary(),
+                    stage.summary(),
                     stage.decision().reason
                 ));
             }
