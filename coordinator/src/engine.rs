@@ -1300,6 +1300,14 @@ impl Session {
     async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
         let started = tokio::time::Instant::now();
         let (mut state, footprint) = self.statement_state()?;
+        // Executors send their operators' metrics back only for EXPLAIN
+        // ANALYZE, which shows them: every other query goes without the cost.
+        if matches!(&statement, DFStatement::Explain(explain) if explain.options.analyze) {
+            state
+                .config_mut()
+                .options_mut()
+                .set("distributed.collect_metrics", "true")?;
+        }
         let mut plan = state.statement_to_plan(statement).await?;
         if !params.is_empty() {
             plan = plan.with_param_values(params)?;

@@ -22,7 +22,7 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,8 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::{
-    reset_plan_states, ChildrenPropertiesMode, ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -146,7 +145,9 @@ fn check_leaves(
     )
 }
 
-/// A pass-through leaf wrapper: once its attempt is cancelled, its stream
+/// A leaf in the place of the leaf it wraps (same children, none; same
+/// properties and metrics, so that the fragment keeps its shape for the
+/// exchange's metric collection): once its attempt is cancelled, its stream
 /// fails at the next batch.
 #[derive(Debug)]
 pub struct CancelCheckExec {
@@ -169,34 +170,31 @@ impl ExecutionPlan for CancelCheckExec {
         self.input.properties()
     }
 
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.input.children()
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+    fn metrics(&self) -> Option<MetricsSet> {
+        self.input.metrics()
     }
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        self.input.apply_expressions(f)
     }
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(format!(
-                "CancelCheckExec takes one child, got {}",
-                children.len()
-            )));
+        if children.is_empty() {
+            return Ok(self);
         }
         Ok(Arc::new(Self {
-            input: children.swap_remove(0),
+            input: Arc::clone(&self.input).replace_children(children, options)?,
             cancelled: Arc::clone(&self.cancelled),
         }))
     }
@@ -257,14 +255,24 @@ impl RecordBatchStream for CancelCheckStream {
     }
 }
 
-/// A pass-through node over a fragment: counts its open streams, contains
-/// panics, injects requested task failures, releases the fragment when done.
+/// A node in the place of a fragment's root (or of its producer head's
+/// input): counts its open streams, contains panics, injects requested task
+/// failures, releases the fragment when done.
+///
+/// It keeps the fragment's shape for plan walkers, the exchange's metric
+/// collection above all (it pairs each node of the coordinator's stage with
+/// the executor's node at the same place): it has the root's properties and
+/// metrics, and as children [`ShadowExec`]s of the root's children, which
+/// report the live nodes' metrics while the fragment runs and a copy of them
+/// once it is released.
 #[derive(Debug)]
 pub struct TaskGuardExec {
-    /// The fragment's shape, never executed: what plan walkers see as the
-    /// child once the executed fragment is gone. (A copy with operator state
-    /// reset, where the plan allows one; else the fragment itself.)
-    shape: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+    schema: SchemaRef,
+    /// The root's metrics.
+    own: Arc<ShadowMetrics>,
+    /// Shadows of the root's children.
+    children: Vec<Arc<dyn ExecutionPlan>>,
     live: Arc<Mutex<Live>>,
     gauge: Arc<TaskGauge>,
     faults: Arc<Faults>,
@@ -276,27 +284,162 @@ struct Live {
     plan: Option<Arc<dyn ExecutionPlan>>,
     executed: Vec<bool>,
     open: usize,
+    /// Every node's metrics, kept before the fragment goes.
+    shadows: Vec<Arc<ShadowMetrics>>,
 }
 
 impl Live {
     /// Drops the fragment once nothing more can be asked of it.
     fn release_if_done(&mut self) {
-        if self.open == 0 && self.executed.iter().all(|e| *e) {
+        if self.open == 0 && self.executed.iter().all(|e| *e) && self.plan.is_some() {
+            for shadow in &self.shadows {
+                shadow.keep();
+            }
             self.plan = None;
         }
+    }
+}
+
+/// A node's metrics: the live node's while it exists, then a copy.
+#[derive(Debug)]
+pub struct ShadowMetrics {
+    live: Weak<dyn ExecutionPlan>,
+    kept: Mutex<Option<MetricsSet>>,
+}
+
+impl ShadowMetrics {
+    fn new(node: &Arc<dyn ExecutionPlan>) -> Arc<Self> {
+        Arc::new(Self {
+            live: Arc::downgrade(node),
+            kept: Mutex::new(None),
+        })
+    }
+
+    fn get(&self) -> Option<MetricsSet> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        kept.or_else(|| self.live.upgrade().and_then(|node| node.metrics()))
+    }
+
+    fn keep(&self) {
+        if let Some(node) = self.live.upgrade() {
+            *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = node.metrics();
+        }
+    }
+}
+
+/// What plan walkers see of a node inside a guarded fragment: its name,
+/// properties and metrics, and its children's shadows. It holds none of the
+/// node's state and never runs.
+#[derive(Debug)]
+pub struct ShadowExec {
+    name: String,
+    properties: Arc<PlanProperties>,
+    metrics: Arc<ShadowMetrics>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+}
+
+/// Shadows of `nodes` and their subtrees; their metrics go to `all`.
+fn shadows_of(
+    nodes: Vec<&Arc<dyn ExecutionPlan>>,
+    all: &mut Vec<Arc<ShadowMetrics>>,
+) -> Vec<Arc<dyn ExecutionPlan>> {
+    nodes
+        .into_iter()
+        .map(|node| {
+            let metrics = ShadowMetrics::new(node);
+            all.push(Arc::clone(&metrics));
+            Arc::new(ShadowExec {
+                name: node.name().to_string(),
+                properties: Arc::clone(node.properties()),
+                metrics,
+                children: shadows_of(node.children(), all),
+            }) as Arc<dyn ExecutionPlan>
+        })
+        .collect()
+}
+
+impl DisplayAs for ShadowExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} (guarded)", self.name)
+    }
+}
+
+impl ExecutionPlan for ShadowExec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.children.iter().collect()
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        self.metrics.get()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self {
+            name: self.name.clone(),
+            properties: Arc::clone(&self.properties),
+            metrics: Arc::clone(&self.metrics),
+            children,
+        }))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        Err(DataFusionError::Internal(format!(
+            "partition {partition} of {}, a guarded fragment's shadow, was executed",
+            self.name
+        )))
     }
 }
 
 impl TaskGuardExec {
     fn new(input: Arc<dyn ExecutionPlan>, gauge: &Arc<TaskGauge>, faults: &Arc<Faults>) -> Self {
         let partitions = input.output_partitioning().partition_count();
-        let shape = reset_plan_states(Arc::clone(&input)).unwrap_or_else(|_| Arc::clone(&input));
+        let own = ShadowMetrics::new(&input);
+        let mut shadows = vec![Arc::clone(&own)];
+        let children = shadows_of(input.children(), &mut shadows);
         Self {
-            shape,
+            properties: Arc::clone(input.properties()),
+            schema: input.schema(),
+            own,
+            children,
             live: Arc::new(Mutex::new(Live {
                 plan: Some(input),
                 executed: vec![false; partitions],
                 open: 0,
+                shadows,
             })),
             gauge: Arc::clone(gauge),
             faults: Arc::clone(faults),
@@ -316,15 +459,15 @@ impl ExecutionPlan for TaskGuardExec {
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
-        self.shape.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        &self.properties
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.shape]
+        self.children.iter().collect()
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        self.own.get()
     }
 
     fn apply_expressions(
@@ -336,20 +479,21 @@ impl ExecutionPlan for TaskGuardExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(format!(
-                "TaskGuardExec takes one child, got {}",
-                children.len()
-            )));
+        // Walkers that rebuild the tree hand the shadows back unchanged.
+        let same = children.len() == self.children.len()
+            && children
+                .iter()
+                .zip(&self.children)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return Ok(self);
         }
-        Ok(Arc::new(Self::new(
-            children.swap_remove(0),
-            &self.gauge,
-            &self.faults,
-        )))
+        Err(DataFusionError::Internal(
+            "a guarded fragment's children cannot be replaced".into(),
+        ))
     }
 
     #[allow(deprecated)]
@@ -368,7 +512,7 @@ impl ExecutionPlan for TaskGuardExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let schema = self.shape.schema();
+        let schema = Arc::clone(&self.schema);
         let plan = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             let Some(plan) = live.plan.clone() else {

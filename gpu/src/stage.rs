@@ -677,7 +677,12 @@ impl ExecutionPlan for GpuStageExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+        // The stage's own figures, and the CPU plan's (when it ran).
+        let mut metrics = self.metrics.clone_inner();
+        for metric in self.cpu.metrics().iter().flat_map(|m| m.iter()) {
+            metrics.push(Arc::clone(metric));
+        }
+        Some(metrics)
     }
 
     fn execute(
@@ -690,16 +695,19 @@ impl ExecutionPlan for GpuStageExec {
             _ => {
                 // Why not, for EXPLAIN ANALYZE (metrics are all it shows of
                 // what executors did).
+                // The reason is in the name: EXPLAIN ANALYZE sums metrics
+                // by name and drops their labels.
                 MetricBuilder::new(&self.metrics)
-                    .with_new_label("why", self.decision.reason.clone())
-                    .counter("gpu_declined", partition)
+                    .counter(
+                        metric_name("gpu_declined", &self.decision.reason),
+                        partition,
+                    )
                     .add(1);
                 return self.cpu.execute(partition, context);
             }
         };
         MetricBuilder::new(&self.metrics)
-            .with_new_label("device", backend.name())
-            .counter("gpu_stage", partition)
+            .counter(metric_name("gpu_stage", &backend.name()), partition)
             .add(1);
         let metrics = StageMetrics::new(&self.metrics, partition);
         let cpu = Arc::clone(&self.cpu);
@@ -733,6 +741,11 @@ impl ExecutionPlan for GpuStageExec {
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// `what(detail)`, with the separators of a metrics list kept out of it.
+fn metric_name(what: &str, detail: &str) -> String {
+    format!("{what}({})", detail.replace(',', ";").replace('=', ":"))
 }
 
 /// The stage's figures, per partition, in `EXPLAIN ANALYZE`.

@@ -613,6 +613,30 @@ async fn tpch_forced(device: &str) -> Result<i64> {
     if !failures.is_empty() {
         bail!("{}\n{}", failures.join("\n"), cluster.log_text());
     }
+    // EXPLAIN ANALYZE shows what the executors did: their operators'
+    // metrics, and where each partial aggregate ran or why not.
+    let explain = simple_rows(&client, &format!("EXPLAIN ANALYZE {}", query_text(6)?)).await?;
+    let text: String = explain
+        .iter()
+        .flatten()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    ensure!(
+        text.contains("DistributedLeafExec:, metrics=[output_rows="),
+        "no executor metrics in EXPLAIN ANALYZE:\n{text}"
+    );
+    let shown = match device {
+        "emulate" => "gpu_stage(host emulation)=",
+        _ => "gpu_declined(no GPU here",
+    };
+    if gpu::detect().is_none() {
+        ensure!(
+            text.contains(shown),
+            "EXPLAIN ANALYZE lacks {shown}:\n{text}"
+        );
+    }
     // A bad value is refused with the setting's own message.
     let error = client
         .simple_query("SET flotilla.gpu = 'sometimes'")
