@@ -73,10 +73,14 @@ fn out_of_memory(device: &Device, needed_bytes: u64, error: impl std::fmt::Debug
 }
 
 fn copy_out<T: DeviceRepr>(device: &Device, slice: &CudaSlice<T>) -> Result<Vec<T>> {
-    device
+    let out = device
         .stream
         .clone_dtoh(slice)
-        .map_err(|e| GpuError::driver("cuMemcpyDtoH", e))
+        .map_err(|e| GpuError::driver("cuMemcpyDtoH", e))?;
+    // A copy to pageable memory has finished when it returns; the stream is
+    // synchronized anyway, so that what follows never reads it early.
+    sync(device)?;
+    Ok(out)
 }
 
 /// A chunk's columns on the device.
