@@ -17,23 +17,14 @@ use datafusion::arrow::array::{
     Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::{collect, displayable, ExecutionPlan};
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use gpu::{Calibration, Capability, GpuMode, GpuStageExec, GpuStageRule};
 use tests::answers::{batch_rows, compare, read_answer, Rows};
 use tests::cluster::{simple_rows, Cluster, ClusterOptions};
 
-const TABLES: [&str; 8] = [
-    "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
-];
-
 fn query_text(n: usize) -> Result<String> {
-    let path = tests::shared_dir()
-        .join("tpch/queries")
-        .join(format!("q{n:02}.sql"));
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    Ok(text.trim().trim_end_matches(';').to_string())
+    tests::chaos::tpch_query(n)
 }
 
 fn tpch_dir(sf: f64) -> Result<PathBuf> {
@@ -44,19 +35,7 @@ fn tpch_dir(sf: f64) -> Result<PathBuf> {
 
 /// Single-process DataFusion over TPC-H, with Flotilla's planning rules.
 async fn tpch_context(sf: f64) -> Result<SessionContext> {
-    let data = tpch_dir(sf)?;
-    let state = SessionStateBuilder::new()
-        .with_config(SessionConfig::new().with_target_partitions(2))
-        .with_default_features()
-        .with_analyzer_rule(Arc::new(sql::rules::WidenDecimalAvgRule))
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    for table in TABLES {
-        let location = format!("{}/", data.join(table).display());
-        ctx.register_parquet(table, &location, ParquetReadOptions::default())
-            .await?;
-    }
-    Ok(ctx)
+    tests::chaos::reference_context(&tpch_dir(sf)?).await
 }
 
 /// The query's plan through `rule` (`None`: the plan as DataFusion made it).

@@ -4,42 +4,15 @@
 //! files (`FLOTILLA_BLESS=1` rewrites them).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use anyhow::Result;
+use datafusion::prelude::SessionContext;
 use tests::answers::{compare, read_answer, Rows};
 use tests::cluster::{simple_rows, Cluster, ClusterOptions};
 
-const TABLES: [&str; 8] = [
-    "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
-];
-
 fn query_text(n: usize) -> Result<String> {
-    let path = tests::shared_dir()
-        .join("tpch/queries")
-        .join(format!("q{n:02}.sql"));
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    Ok(text.trim().trim_end_matches(';').to_string())
-}
-
-/// Single-process DataFusion with Flotilla's planning rules: the same semantics,
-/// no distribution.
-async fn reference_context(data: &Path) -> Result<SessionContext> {
-    let state = SessionStateBuilder::new()
-        .with_config(SessionConfig::new().with_target_partitions(2))
-        .with_default_features()
-        .with_analyzer_rule(Arc::new(sql::rules::WidenDecimalAvgRule))
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    for table in TABLES {
-        let location = format!("{}/", data.join(table).display());
-        ctx.register_parquet(table, &location, ParquetReadOptions::default())
-            .await?;
-    }
-    Ok(ctx)
+    tests::chaos::tpch_query(n)
 }
 
 async fn reference_rows(ctx: &SessionContext, sql: &str) -> Result<Rows> {
@@ -72,7 +45,7 @@ async fn tpch_sf01_answers_distribution_and_plans() -> Result<()> {
     cluster.wait_executors(2, Duration::from_secs(60)).await?;
     let client = cluster.client().await?;
     let data = cluster.data_dir.join("tpch").join("sf0.1");
-    let reference = reference_context(&data).await?;
+    let reference = tests::chaos::reference_context(&data).await?;
     let bless = std::env::var_os("FLOTILLA_BLESS").is_some();
     let mut failures = Vec::new();
 

@@ -830,9 +830,11 @@ fn spilling_sort(sf: f64) -> &'static str {
     }
 }
 
-/// The answer of single-process DataFusion (with Flotilla's planning rules)
-/// over the TPC-H tables in `data`.
-pub async fn reference_rows(data: &std::path::Path, sql: &str) -> Result<Rows> {
+/// Single-process DataFusion (2 partitions, with Flotilla's planning rules)
+/// over the TPC-H tables in `data`: the same semantics, no distribution.
+pub async fn reference_context(
+    data: &std::path::Path,
+) -> Result<datafusion::prelude::SessionContext> {
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
     let state = SessionStateBuilder::new()
@@ -848,6 +850,13 @@ pub async fn reference_rows(data: &std::path::Path, sql: &str) -> Result<Rows> {
         ctx.register_parquet(table, &location, ParquetReadOptions::default())
             .await?;
     }
+    Ok(ctx)
+}
+
+/// The answer of single-process DataFusion ([`reference_context`]) over the
+/// TPC-H tables in `data`.
+pub async fn reference_rows(data: &std::path::Path, sql: &str) -> Result<Rows> {
+    let ctx = reference_context(data).await?;
     crate::answers::batch_rows(&ctx.sql(sql).await?.collect().await?)
 }
 
