@@ -25,7 +25,9 @@ if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
 fi
 # NVRTC, which compiles the GPU kernels (no GPU needed): the GPU tests fail
 # without it.
-if ! python3 -c "import nvidia.cuda_nvrtc" >/dev/null 2>&1; then
+# (The library file is checked, not the import: an uninstalled wheel can
+# leave its namespace directory behind.)
+if ! python3 -c "import nvidia.cuda_nvrtc as m, os, sys; sys.exit(not os.path.exists(os.path.join(list(m.__path__)[0], 'lib', 'libnvrtc.so.12')))" >/dev/null 2>&1; then
   python3 -m pip install -q "nvidia-cuda-nvrtc-cu12>=12.9,<13"
 fi
 # Real clients for the client matrix (tests/integration/clients.rs): psql, pgjdbc,
