@@ -164,24 +164,30 @@ impl GpuStageRule {
             let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
+            // Only the partial step could run on a device: the others stay
+            // as they are, and say nothing.
+            if *aggregate.mode() != AggregateMode::Partial {
+                return Ok(Transformed::no(node));
+            }
+            // A stage that stays on the CPU, for EXPLAIN ANALYZE to say why.
+            let declined = |reason: String| {
+                let decision = Decision {
+                    on_gpu: false,
+                    reason,
+                };
+                let exec = GpuStageExec::new(Arc::clone(&node), None, None, decision);
+                Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>))
+            };
+            let Some(capability) = &self.capability else {
+                // No device: nothing to compile.
+                return declined(format!("no GPU here ({})", self.absent));
+            };
             let stage = match AggregateStage::plan(aggregate) {
                 Ok(stage) => stage,
-                // Only the partial step could run on a device: the others
-                // stay as they are, and say nothing.
-                Err(_) if *aggregate.mode() != AggregateMode::Partial => {
-                    return Ok(Transformed::no(node));
-                }
-                Err(error) => {
-                    let decision = Decision {
-                        on_gpu: false,
-                        reason: error.to_string(),
-                    };
-                    let exec = GpuStageExec::new(Arc::clone(&node), None, None, decision);
-                    return Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>));
-                }
+                Err(error) => return declined(error.to_string()),
             };
             let rows = partition_rows(aggregate, stage.depth());
-            let decision = self.decide(&stage, rows, mode);
+            let decision = decide(capability, &stage, rows, mode);
             let exec = GpuStageExec::new(
                 Arc::clone(&node),
                 Some(Arc::new(stage)),
@@ -193,42 +199,42 @@ impl GpuStageRule {
         })
         .data()
     }
+}
 
-    fn decide(&self, stage: &AggregateStage, rows: Option<usize>, mode: GpuMode) -> Decision {
-        let Some(capability) = &self.capability else {
-            return Decision {
-                on_gpu: false,
-                reason: format!("no GPU here ({})", self.absent),
-            };
+/// Where a stage runs on a device of `capability`.
+fn decide(
+    capability: &Capability,
+    stage: &AggregateStage,
+    rows: Option<usize>,
+    mode: GpuMode,
+) -> Decision {
+    if mode == GpuMode::Force {
+        return Decision {
+            on_gpu: true,
+            reason: "flotilla.gpu = force".into(),
         };
-        if mode == GpuMode::Force {
-            return Decision {
-                on_gpu: true,
-                reason: "flotilla.gpu = force".into(),
-            };
-        }
-        let Some(rows) = rows else {
-            return Decision {
-                on_gpu: false,
-                reason: "no row count to estimate the cost with".into(),
-            };
+    }
+    let Some(rows) = rows else {
+        return Decision {
+            on_gpu: false,
+            reason: "no row count to estimate the cost with".into(),
         };
-        if rows < ROWS_MIN {
-            return Decision {
-                on_gpu: false,
-                reason: format!("{rows} rows per partition, fewer than {ROWS_MIN}"),
-            };
-        }
-        let estimate = estimate(stage, rows, &capability.calibration, cpu_rows_per_second());
-        Decision {
-            on_gpu: estimate.gpu_seconds < estimate.cpu_seconds,
-            reason: format!(
-                "{rows} rows per partition: {:.2} ms on the GPU ({:.2} ms of it copying) against {:.2} ms on the CPU",
-                estimate.gpu_seconds * 1e3,
-                estimate.copy_seconds * 1e3,
-                estimate.cpu_seconds * 1e3
-            ),
-        }
+    };
+    if rows < ROWS_MIN {
+        return Decision {
+            on_gpu: false,
+            reason: format!("{rows} rows per partition, fewer than {ROWS_MIN}"),
+        };
+    }
+    let estimate = estimate(stage, rows, &capability.calibration, cpu_rows_per_second());
+    Decision {
+        on_gpu: estimate.gpu_seconds < estimate.cpu_seconds,
+        reason: format!(
+            "{rows} rows per partition: {:.2} ms on the GPU ({:.2} ms of it copying) against {:.2} ms on the CPU",
+            estimate.gpu_seconds * 1e3,
+            estimate.copy_seconds * 1e3,
+            estimate.cpu_seconds * 1e3
+        ),
     }
 }
 
