@@ -62,6 +62,46 @@ pub(crate) struct HostColumn<'a> {
 pub(crate) struct Chunk<'a> {
     pub rows: usize,
     pub columns: Vec<Option<HostColumn<'a>>>,
+    /// Over a join: whether each column is the build side's (the others are
+    /// the probe side's); empty otherwise.
+    pub build_side: Vec<bool>,
+}
+
+/// Which rows of a chunk a launch folds in.
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    /// Every row.
+    All,
+    /// A join's output: the pairs of a probe row and a build row.
+    Pairs(&'a JoinPairs),
+}
+
+/// Row sides of a chunk's columns (FL_ROW_* in kernels/common.cuh).
+pub(crate) mod side {
+    pub const DIRECT: i32 = 0;
+    pub const PROBE: i32 = 1;
+    pub const BUILD: i32 = 2;
+}
+
+impl Rows<'_> {
+    /// Rows of the launch.
+    pub fn count(&self, chunk: &Chunk<'_>) -> usize {
+        match self {
+            Rows::All => chunk.rows,
+            Rows::Pairs(pairs) => pairs.len(),
+        }
+    }
+
+    /// Where each column's rows come from.
+    pub fn sides(&self, chunk: &Chunk<'_>) -> Vec<i32> {
+        (0..chunk.columns.len())
+            .map(|c| match self {
+                Rows::All => side::DIRECT,
+                Rows::Pairs(_) if chunk.build_side.get(c) == Some(&true) => side::BUILD,
+                Rows::Pairs(_) => side::PROBE,
+            })
+            .collect()
+    }
 }
 
 impl Chunk<'_> {
@@ -92,7 +132,7 @@ impl TableShape {
 
 /// A hash table read back: the slots' states, keys, key validity masks and
 /// accumulators (see kernels/aggregate.cu).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Readback {
     pub state: Vec<u32>,
     pub keys: Vec<i64>,
@@ -109,6 +149,17 @@ pub struct Figures {
     pub copy_in: Duration,
     pub kernel: Duration,
     pub copy_out: Duration,
+}
+
+impl Figures {
+    pub fn add(&mut self, other: &Figures) {
+        self.launches += other.launches;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.copy_in += other.copy_in;
+        self.kernel += other.kernel;
+        self.copy_out += other.copy_out;
+    }
 }
 
 /// The device of a stage.
@@ -153,19 +204,61 @@ impl Backend {
         }
     }
 
-    /// The pairs (probe row, build row) of an inner join on one integer key.
-    pub fn join_pairs(
-        &self,
-        build: HostColumn<'_>,
-        build_rows: usize,
-        probe: HostColumn<'_>,
-        probe_rows: usize,
-    ) -> Result<(Vec<i32>, Vec<i32>)> {
+    /// The build side of an inner hash join on one integer key, where the
+    /// kernels run.
+    pub fn join_table(&self, build: HostColumn<'_>, build_rows: usize) -> Result<JoinTable> {
         match self {
-            Backend::Emulated => Ok(emulated_join(build, build_rows, probe, probe_rows)),
-            Backend::Cuda(device) => {
-                crate::cuda::join_pairs(device, build, build_rows, probe, probe_rows)
-            }
+            Backend::Emulated => Ok(JoinTable::Emulated(EmulatedJoin::new(build, build_rows))),
+            Backend::Cuda(device) => Ok(JoinTable::Cuda(crate::cuda::CudaJoin::new(
+                Arc::clone(device),
+                build,
+                build_rows,
+            )?)),
+        }
+    }
+}
+
+/// A join's build side where the kernels run: its key and the chains of
+/// rows per hash bucket (see kernels/join.cu).
+pub(crate) enum JoinTable {
+    Emulated(EmulatedJoin),
+    Cuda(crate::cuda::CudaJoin),
+}
+
+impl JoinTable {
+    /// The pairs of the probe rows and the build rows with equal keys.
+    pub fn probe(&mut self, probe: HostColumn<'_>, probe_rows: usize) -> Result<JoinPairs> {
+        match self {
+            JoinTable::Emulated(join) => Ok(join.probe(probe, probe_rows)),
+            JoinTable::Cuda(join) => Ok(JoinPairs::Cuda(join.probe(probe, probe_rows)?)),
+        }
+    }
+}
+
+/// A join's output: pairs of (probe row, build row), where the probe left
+/// them (on a device they stay there for the aggregate kernel to read).
+pub(crate) enum JoinPairs {
+    Host { probe: Vec<i32>, build: Vec<i32> },
+    Cuda(crate::cuda::DevicePairs),
+}
+
+impl JoinPairs {
+    pub fn len(&self) -> usize {
+        match self {
+            JoinPairs::Host { probe, .. } => probe.len(),
+            JoinPairs::Cuda(pairs) => pairs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pairs, on the host.
+    pub fn to_host(&self) -> Result<(Vec<i32>, Vec<i32>)> {
+        match self {
+            JoinPairs::Host { probe, build } => Ok((probe.clone(), build.clone())),
+            JoinPairs::Cuda(pairs) => pairs.to_host(),
         }
     }
 }
@@ -197,11 +290,11 @@ pub(crate) enum AggregateTable {
 }
 
 impl AggregateTable {
-    /// Folds in the chunk's rows, or only the rows `only` lists.
-    pub fn fold(&mut self, chunk: &Chunk<'_>, only: Option<&[i32]>) -> Result<Folded> {
+    /// Folds in the chunk's `rows`.
+    pub fn fold(&mut self, chunk: &Chunk<'_>, rows: Rows<'_>) -> Result<Folded> {
         let (groups, overflow, error) = match self {
-            AggregateTable::Emulated(table) => table.fold(chunk, only),
-            AggregateTable::Cuda(table) => table.fold(chunk, only)?,
+            AggregateTable::Emulated(table) => table.fold(chunk, rows)?,
+            AggregateTable::Cuda(table) => table.fold(chunk, rows)?,
         };
         if error != 0 {
             return Err(GpuError::Kernel {
@@ -215,6 +308,34 @@ impl AggregateTable {
         match self {
             AggregateTable::Emulated(table) => table.shape,
             AggregateTable::Cuda(table) => table.shape(),
+        }
+    }
+
+    /// Keeps a copy of the table as it is now, for [`Self::restore`].
+    pub fn checkpoint(&mut self) -> Result<()> {
+        match self {
+            AggregateTable::Emulated(table) => {
+                table.saved = Some((table.table.clone(), table.groups));
+                Ok(())
+            }
+            AggregateTable::Cuda(table) => table.checkpoint(),
+        }
+    }
+
+    /// The table as the last checkpoint kept it.
+    pub fn restore(&mut self) -> Result<()> {
+        match self {
+            AggregateTable::Emulated(table) => {
+                let Some((saved, groups)) = table.saved.clone() else {
+                    return Err(GpuError::Kernel {
+                        what: "a restore without a checkpoint".into(),
+                    });
+                };
+                table.table = saved;
+                table.groups = groups;
+                Ok(())
+            }
+            AggregateTable::Cuda(table) => table.restore(),
         }
     }
 
@@ -299,6 +420,8 @@ pub(crate) struct EmulatedTable {
     programs: ProgramSet,
     table: Readback,
     groups: u32,
+    /// The last checkpoint: the table and its group count.
+    saved: Option<(Readback, u32)>,
     figures: Figures,
 }
 
@@ -310,6 +433,7 @@ impl EmulatedTable {
             programs: programs.clone(),
             table: Readback::default(),
             groups: 0,
+            saved: None,
             figures: Figures::default(),
         };
         table.clear();
@@ -327,7 +451,7 @@ impl EmulatedTable {
         self.groups = 0;
     }
 
-    fn fold(&mut self, chunk: &Chunk<'_>, only: Option<&[i32]>) -> (usize, Vec<i32>, u32) {
+    fn fold(&mut self, chunk: &Chunk<'_>, selection: Rows<'_>) -> Result<(usize, Vec<i32>, u32)> {
         let started = Instant::now();
         let values: Vec<u64> = chunk
             .columns
@@ -344,9 +468,17 @@ impl EmulatedTable {
             .iter()
             .map(|c| c.map_or(0, |c| c.kind as i32))
             .collect();
-        // Only some rows: every column is read through the row list.
-        let side = vec![i32::from(only.is_some()); chunk.columns.len()];
-        let rows = only.map_or(chunk.rows, <[i32]>::len);
+        let side = selection.sides(chunk);
+        let rows = selection.count(chunk);
+        let (probe_rows, build_rows) = match selection {
+            Rows::All => (std::ptr::null(), std::ptr::null()),
+            Rows::Pairs(JoinPairs::Host { probe, build }) => (probe.as_ptr(), build.as_ptr()),
+            Rows::Pairs(JoinPairs::Cuda(_)) => {
+                return Err(GpuError::Kernel {
+                    what: "a device's join output in the host emulation".into(),
+                })
+            }
+        };
         let mut overflow = vec![0i32; rows.max(1)];
         let (mut overflow_count, mut error) = (0u32, 0u32);
         let table = &mut self.table;
@@ -355,8 +487,8 @@ impl EmulatedTable {
         // reads: the columns hold the chunk's values (validity: rows/8 bytes
         // rounded up), the table `capacity` slots of the shape, the programs
         // and constants those `meta` names; nothing else touches them during
-        // the call; `only` indexes rows of the chunk, the overflow list
-        // holds one entry per row of the launch.
+        // the call; a join's pairs index rows of the chunk's probe and build
+        // columns, the overflow list holds one entry per row of the launch.
         unsafe {
             flotilla_emulate_aggregate(
                 grid_for(rows),
@@ -366,8 +498,8 @@ impl EmulatedTable {
                 validity.as_ptr(),
                 kind.as_ptr(),
                 side.as_ptr(),
-                only.map_or(std::ptr::null(), <[i32]>::as_ptr),
-                std::ptr::null(),
+                probe_rows,
+                build_rows,
                 self.meta.as_ptr(),
                 programs.code.as_ptr(),
                 programs.int_consts.as_ptr(),
@@ -388,7 +520,7 @@ impl EmulatedTable {
         self.figures.launches += 1;
         self.figures.bytes_in += chunk.bytes();
         self.figures.kernel += started.elapsed();
-        (self.groups as usize, overflow, error)
+        Ok((self.groups as usize, overflow, error))
     }
 
     fn take(&mut self) -> Readback {
@@ -404,65 +536,88 @@ pub(crate) fn join_capacity(rows: usize) -> usize {
     (rows.max(1) * 2).next_power_of_two()
 }
 
-fn emulated_join(
-    build: HostColumn<'_>,
-    build_rows: usize,
-    probe: HostColumn<'_>,
-    probe_rows: usize,
-) -> (Vec<i32>, Vec<i32>) {
-    let capacity = join_capacity(build_rows);
-    let mut heads = vec![0i32; capacity];
-    let mut next = vec![0i32; build_rows.max(1)];
-    let validity = |c: &HostColumn<'_>| c.validity.map_or(std::ptr::null(), <[u8]>::as_ptr);
-    // SAFETY: the key buffers hold their rows' values; heads and next are the
-    // sizes the kernel indexes (capacity buckets, one per build row).
-    unsafe {
-        flotilla_emulate_join_build(
-            grid_for(build_rows),
-            BLOCK_THREADS,
-            build_rows as i32,
-            build.values.as_ptr(),
-            validity(&build),
-            build.kind as i32,
-            capacity as i32,
-            heads.as_mut_ptr(),
-            next.as_mut_ptr(),
-        );
-    }
-    let mut out_capacity = probe_rows.max(1);
-    loop {
-        let mut out_probe = vec![0i32; out_capacity];
-        let mut out_build = vec![0i32; out_capacity];
-        let (mut count, mut error) = (0u32, 0u32);
-        // SAFETY: as above; the outputs hold out_capacity pairs.
+/// The host emulation's join build side: its key (copied) and chains.
+pub(crate) struct EmulatedJoin {
+    values: Vec<u8>,
+    validity: Option<Vec<u8>>,
+    kind: ColumnKind,
+    capacity: usize,
+    heads: Vec<i32>,
+    next: Vec<i32>,
+}
+
+impl EmulatedJoin {
+    fn new(build: HostColumn<'_>, build_rows: usize) -> Self {
+        let capacity = join_capacity(build_rows);
+        let mut join = Self {
+            values: build.values.to_vec(),
+            validity: build.validity.map(<[u8]>::to_vec),
+            kind: build.kind,
+            capacity,
+            heads: vec![0i32; capacity],
+            next: vec![0i32; build_rows.max(1)],
+        };
+        let validity = join.validity.as_ref().map_or(std::ptr::null(), Vec::as_ptr);
+        // SAFETY: the key buffer holds the build rows' values; heads and next
+        // are the sizes the kernel indexes (capacity buckets, one per build
+        // row).
         unsafe {
-            flotilla_emulate_join_probe(
-                grid_for(probe_rows),
+            flotilla_emulate_join_build(
+                grid_for(build_rows),
                 BLOCK_THREADS,
-                probe_rows as i32,
-                probe.values.as_ptr(),
-                validity(&probe),
-                probe.kind as i32,
-                build.values.as_ptr(),
-                validity(&build),
-                build.kind as i32,
+                build_rows as i32,
+                join.values.as_ptr(),
+                validity,
+                join.kind as i32,
                 capacity as i32,
-                heads.as_ptr(),
-                next.as_ptr(),
-                out_probe.as_mut_ptr(),
-                out_build.as_mut_ptr(),
-                out_capacity as i32,
-                &mut count,
-                &mut error,
+                join.heads.as_mut_ptr(),
+                join.next.as_mut_ptr(),
             );
         }
-        let count = count as usize;
-        if count <= out_capacity {
-            out_probe.truncate(count);
-            out_build.truncate(count);
-            return (out_probe, out_build);
+        join
+    }
+
+    fn probe(&self, probe: HostColumn<'_>, probe_rows: usize) -> JoinPairs {
+        let validity = |v: Option<&[u8]>| v.map_or(std::ptr::null(), <[u8]>::as_ptr);
+        let mut out_capacity = probe_rows.max(1);
+        loop {
+            let mut out_probe = vec![0i32; out_capacity];
+            let mut out_build = vec![0i32; out_capacity];
+            let (mut count, mut error) = (0u32, 0u32);
+            // SAFETY: as in `new`; the probe key holds probe_rows values and
+            // the outputs hold out_capacity pairs.
+            unsafe {
+                flotilla_emulate_join_probe(
+                    grid_for(probe_rows),
+                    BLOCK_THREADS,
+                    probe_rows as i32,
+                    probe.values.as_ptr(),
+                    validity(probe.validity),
+                    probe.kind as i32,
+                    self.values.as_ptr(),
+                    validity(self.validity.as_deref()),
+                    self.kind as i32,
+                    self.capacity as i32,
+                    self.heads.as_ptr(),
+                    self.next.as_ptr(),
+                    out_probe.as_mut_ptr(),
+                    out_build.as_mut_ptr(),
+                    out_capacity as i32,
+                    &mut count,
+                    &mut error,
+                );
+            }
+            let count = count as usize;
+            if count <= out_capacity {
+                out_probe.truncate(count);
+                out_build.truncate(count);
+                return JoinPairs::Host {
+                    probe: out_probe,
+                    build: out_build,
+                };
+            }
+            out_capacity = count;
         }
-        out_capacity = count;
     }
 }
 
@@ -476,10 +631,14 @@ pub(crate) fn join_on(
     let probe_bits = probe.nulls().map(|n| n.inner().sliced());
     let b = join_key(build, build_bits.as_ref())?;
     let p = join_key(probe, probe_bits.as_ref())?;
-    backend.join_pairs(b, build.len(), p, probe.len())
+    backend
+        .join_table(b, build.len())?
+        .probe(p, probe.len())?
+        .to_host()
 }
 
-fn join_key<'a>(
+/// An integer array as a join's key column.
+pub(crate) fn join_key<'a>(
     array: &'a dyn arrow::array::Array,
     bits: Option<&'a arrow::buffer::Buffer>,
 ) -> Result<HostColumn<'a>> {

@@ -12,7 +12,7 @@ use cudarc::driver::{
     CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 
-use crate::backend::{flags, Chunk, Figures, HostColumn, Readback, TableShape};
+use crate::backend::{flags, Chunk, Figures, HostColumn, JoinPairs, Readback, Rows, TableShape};
 use crate::device::{Calibration, Device};
 use crate::error::{GpuError, Result};
 use crate::program::{ColumnKind, ProgramSet};
@@ -106,7 +106,7 @@ impl Staging {
         &mut self,
         device: &Device,
         columns: &[Option<HostColumn<'_>>],
-        indirect: bool,
+        sides: &[i32],
     ) -> Result<Staged> {
         let mut offsets = Vec::with_capacity(columns.len());
         let mut size = 0usize;
@@ -167,11 +167,7 @@ impl Staging {
             values: copy_in(device, &values, "cuMemcpyHtoD")?,
             validity: copy_in(device, &validity, "cuMemcpyHtoD")?,
             kind: copy_in(device, &kind, "cuMemcpyHtoD")?,
-            side: copy_in(
-                device,
-                &vec![i32::from(indirect); columns.len()],
-                "cuMemcpyHtoD",
-            )?,
+            side: copy_in(device, sides, "cuMemcpyHtoD")?,
             _buffer: buffer,
         })
     }
@@ -192,8 +188,19 @@ pub(crate) struct CudaTable {
     groups: CudaSlice<u32>,
     overflow_count: CudaSlice<u32>,
     error: CudaSlice<u32>,
+    /// The last checkpoint's copy of the table (state, keys, key validity,
+    /// accumulators, group count), allocated at the first.
+    saved: Option<Saved>,
     staging: Staging,
     figures: Figures,
+}
+
+struct Saved {
+    state: CudaSlice<u32>,
+    keys: CudaSlice<i64>,
+    key_valid: CudaSlice<u32>,
+    acc: CudaSlice<u64>,
+    groups: CudaSlice<u32>,
 }
 
 impl CudaTable {
@@ -203,7 +210,8 @@ impl CudaTable {
         meta: &[i32],
         programs: &ProgramSet,
     ) -> Result<Self> {
-        let needed = shape.bytes();
+        // The table and its checkpoint's copy.
+        let needed = 2 * shape.bytes();
         let free = device.free_bytes();
         if needed > free / 2 {
             return Err(GpuError::OutOfMemory {
@@ -224,6 +232,7 @@ impl CudaTable {
             groups: zeros(d, 1)?,
             overflow_count: zeros(d, 1)?,
             error: zeros(d, 1)?,
+            saved: None,
             staging: Staging::default(),
             figures: Figures::default(),
             shape,
@@ -239,22 +248,32 @@ impl CudaTable {
         self.shape
     }
 
-    /// Folds in a chunk, or the rows of it `only` lists: (groups in the
-    /// table, rows that found no slot, error flags).
+    /// Folds in a chunk's `selection` of rows: (groups in the table, rows
+    /// that found no slot, error flags).
     pub fn fold(
         &mut self,
         chunk: &Chunk<'_>,
-        only: Option<&[i32]>,
+        selection: Rows<'_>,
     ) -> Result<(usize, Vec<i32>, u32)> {
         let device = Arc::clone(&self.device);
         let started = Instant::now();
         let staged = self
             .staging
-            .stage(&device, &chunk.columns, only.is_some())?;
-        let launch_rows = only.map_or(chunk.rows, <[i32]>::len);
-        let only_rows = only
-            .map(|rows| copy_in(&device, rows, "cuMemcpyHtoD"))
-            .transpose()?;
+            .stage(&device, &chunk.columns, &selection.sides(chunk))?;
+        let launch_rows = selection.count(chunk);
+        // A join's pairs: where the probe left them, or copied in.
+        let host_pairs = match selection {
+            Rows::Pairs(JoinPairs::Host { probe, build }) => Some((
+                copy_in(&device, probe, "cuMemcpyHtoD")?,
+                copy_in(&device, build, "cuMemcpyHtoD")?,
+            )),
+            _ => None,
+        };
+        let pairs = match (selection, &host_pairs) {
+            (_, Some((probe, build))) => Some((probe, build)),
+            (Rows::Pairs(JoinPairs::Cuda(pairs)), None) => Some((&pairs.probe, &pairs.build)),
+            _ => None,
+        };
         let mut overflow = zeros::<i32>(&device, launch_rows)?;
         self.overflow_count = zeros::<u32>(&device, 1)?;
         sync(&device)?;
@@ -270,12 +289,11 @@ impl CudaTable {
             .arg(&staged.validity)
             .arg(&staged.kind)
             .arg(&staged.side);
-        match &only_rows {
-            Some(rows) => launch.arg(rows),
-            None => launch.arg(&none),
+        match pairs {
+            Some((probe, build)) => launch.arg(probe).arg(build),
+            None => launch.arg(&none).arg(&none),
         };
         launch
-            .arg(&none)
             .arg(&self.meta)
             .arg(&self.code)
             .arg(&self.int_consts)
@@ -313,6 +331,74 @@ impl CudaTable {
         Ok((groups, overflow_rows, error))
     }
 
+    /// Copies the table, on the device, for [`Self::restore`].
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let device = Arc::clone(&self.device);
+        if self.saved.is_none() {
+            let s = self.shape;
+            self.saved = Some(Saved {
+                state: zeros(&device, s.capacity)?,
+                keys: zeros(&device, s.capacity * s.keys)?,
+                key_valid: zeros(&device, s.capacity)?,
+                acc: zeros(&device, s.capacity * s.acc_width)?,
+                groups: zeros(&device, 1)?,
+            });
+        }
+        let Some(saved) = self.saved.as_mut() else {
+            return Ok(());
+        };
+        let copy = |e| GpuError::driver("cuMemcpyDtoD", e);
+        let stream = &device.stream;
+        stream
+            .memcpy_dtod(&self.state, &mut saved.state)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.keys, &mut saved.keys)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.key_valid, &mut saved.key_valid)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.acc, &mut saved.acc)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.groups, &mut saved.groups)
+            .map_err(copy)?;
+        Ok(())
+    }
+
+    /// The table as the last checkpoint copied it.
+    pub fn restore(&mut self) -> Result<()> {
+        let device = Arc::clone(&self.device);
+        let Some(saved) = self.saved.as_ref() else {
+            return Err(GpuError::Kernel {
+                what: "a restore without a checkpoint".into(),
+            });
+        };
+        let copy = |e| GpuError::driver("cuMemcpyDtoD", e);
+        let stream = &device.stream;
+        stream
+            .memcpy_dtod(&saved.state, &mut self.state)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&saved.keys, &mut self.keys)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&saved.key_valid, &mut self.key_valid)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&saved.acc, &mut self.acc)
+            .map_err(copy)?;
+        stream
+            .memcpy_dtod(&saved.groups, &mut self.groups)
+            .map_err(copy)?;
+        // The error flags belong to the fold that failed.
+        stream
+            .memset_zeros(&mut self.error)
+            .map_err(|e| GpuError::driver("cuMemsetD8", e))?;
+        sync(&device)
+    }
+
     /// Reads the table back and zeroes it on the device.
     pub fn take(&mut self) -> Result<Readback> {
         let device = Arc::clone(&self.device);
@@ -346,93 +432,152 @@ fn sync(device: &Device) -> Result<()> {
         .map_err(|e| GpuError::driver("cuStreamSynchronize", e))
 }
 
-/// The pairs of an inner join on one integer key, computed on the device.
-pub(crate) fn join_pairs(
-    device: &Arc<Device>,
-    build: HostColumn<'_>,
-    build_rows: usize,
-    probe: HostColumn<'_>,
-    probe_rows: usize,
-) -> Result<(Vec<i32>, Vec<i32>)> {
-    let capacity = crate::backend::join_capacity(build_rows);
-    let upload = |bytes: &[u8]| copy_in(device, bytes, "cuMemcpyHtoD");
-    let build_values = upload(build.values)?;
-    let build_validity = build.validity.map(upload).transpose()?;
-    let probe_values = upload(probe.values)?;
-    let probe_validity = probe.validity.map(upload).transpose()?;
-    let mut heads = zeros::<i32>(device, capacity)?;
-    let mut next = zeros::<i32>(device, build_rows)?;
-    let none = 0u64;
-    let (rows, cap, build_kind, probe_kind) = (
-        build_rows as i32,
-        capacity as i32,
-        build.kind as i32,
-        probe.kind as i32,
-    );
-    {
-        let mut launch = device.stream.launch_builder(&device.join_build);
-        launch.arg(&rows).arg(&build_values);
-        match &build_validity {
-            Some(bits) => launch.arg(bits),
-            None => launch.arg(&none),
+/// A join's build side on the device: its key and the chains of rows per
+/// hash bucket, built once and probed by every chunk of the probe side.
+pub(crate) struct CudaJoin {
+    device: Arc<Device>,
+    values: CudaSlice<u8>,
+    validity: Option<CudaSlice<u8>>,
+    kind: i32,
+    capacity: usize,
+    heads: CudaSlice<i32>,
+    next: CudaSlice<i32>,
+}
+
+/// A join's output on the device, for the aggregate kernel to read.
+pub(crate) struct DevicePairs {
+    device: Arc<Device>,
+    pub(crate) probe: CudaSlice<i32>,
+    pub(crate) build: CudaSlice<i32>,
+    count: usize,
+}
+
+impl DevicePairs {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn to_host(&self) -> Result<(Vec<i32>, Vec<i32>)> {
+        let mut probe = copy_out(&self.device, &self.probe)?;
+        let mut build = copy_out(&self.device, &self.build)?;
+        probe.truncate(self.count);
+        build.truncate(self.count);
+        Ok((probe, build))
+    }
+}
+
+/// The validity bitmap as a kernel argument: its buffer, or a null pointer.
+fn arg_or_null<'a, 'b>(
+    launch: &mut cudarc::driver::LaunchArgs<'a>,
+    bits: &'b Option<CudaSlice<u8>>,
+    none: &'b u64,
+) where
+    'b: 'a,
+{
+    match bits {
+        Some(bits) => launch.arg(bits),
+        None => launch.arg(none),
+    };
+}
+
+impl CudaJoin {
+    pub fn new(device: Arc<Device>, build: HostColumn<'_>, build_rows: usize) -> Result<Self> {
+        let capacity = crate::backend::join_capacity(build_rows);
+        let needed = (build.values.len()
+            + build.validity.map_or(0, <[u8]>::len)
+            + 4 * (capacity + build_rows)) as u64;
+        let free = device.free_bytes();
+        if needed > free / 2 {
+            return Err(GpuError::OutOfMemory {
+                needed_bytes: needed,
+                free_bytes: free,
+            });
+        }
+        let d = &device;
+        let mut join = Self {
+            values: copy_in(d, build.values, "cuMemcpyHtoD")?,
+            validity: build
+                .validity
+                .map(|bits| copy_in(d, bits, "cuMemcpyHtoD"))
+                .transpose()?,
+            kind: build.kind as i32,
+            capacity,
+            heads: zeros::<i32>(d, capacity)?,
+            next: zeros::<i32>(d, build_rows)?,
+            device: Arc::clone(d),
         };
+        let none = 0u64;
+        let (rows, cap) = (build_rows as i32, capacity as i32);
+        let mut launch = device.stream.launch_builder(&device.join_build);
+        launch.arg(&rows).arg(&join.values);
+        arg_or_null(&mut launch, &join.validity, &none);
         launch
-            .arg(&build_kind)
+            .arg(&join.kind)
             .arg(&cap)
-            .arg(&mut heads)
-            .arg(&mut next);
+            .arg(&mut join.heads)
+            .arg(&mut join.next);
         // SAFETY: arguments as flotilla_join_build declares them; heads has
         // `capacity` buckets and next one slot per build row.
         unsafe { launch.launch(config_for(build_rows)) }
             .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
+        sync(&device)?;
+        Ok(join)
     }
-    let mut out_capacity = probe_rows.max(1);
-    loop {
-        let mut out_probe = zeros::<i32>(device, out_capacity)?;
-        let mut out_build = zeros::<i32>(device, out_capacity)?;
-        let mut count = zeros::<u32>(device, 1)?;
-        let mut error = zeros::<u32>(device, 1)?;
-        let (probe_rows_i32, out_cap) = (probe_rows as i32, out_capacity as i32);
-        let mut launch = device.stream.launch_builder(&device.join_probe);
-        launch.arg(&probe_rows_i32).arg(&probe_values);
-        match &probe_validity {
-            Some(bits) => launch.arg(bits),
-            None => launch.arg(&none),
-        };
-        launch.arg(&probe_kind).arg(&build_values);
-        match &build_validity {
-            Some(bits) => launch.arg(bits),
-            None => launch.arg(&none),
-        };
-        launch
-            .arg(&build_kind)
-            .arg(&cap)
-            .arg(&heads)
-            .arg(&next)
-            .arg(&mut out_probe)
-            .arg(&mut out_build)
-            .arg(&out_cap)
-            .arg(&mut count)
-            .arg(&mut error);
-        // SAFETY: arguments as flotilla_join_probe declares them; the
-        // outputs hold out_capacity pairs.
-        unsafe { launch.launch(config_for(probe_rows)) }
-            .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
-        let count = copy_out(device, &count)?[0] as usize;
-        let flags_set = copy_out(device, &error)?[0] & !flags::OUTPUT_FULL;
-        if flags_set != 0 {
-            return Err(GpuError::Kernel {
-                what: crate::backend::describe_flags(flags_set),
-            });
+
+    /// The pairs of probe rows and build rows with equal keys, left on the
+    /// device.
+    pub fn probe(&self, probe: HostColumn<'_>, probe_rows: usize) -> Result<DevicePairs> {
+        let device = &self.device;
+        let probe_values = copy_in(device, probe.values, "cuMemcpyHtoD")?;
+        let probe_validity = probe
+            .validity
+            .map(|bits| copy_in(device, bits, "cuMemcpyHtoD"))
+            .transpose()?;
+        let none = 0u64;
+        let (probe_kind, cap) = (probe.kind as i32, self.capacity as i32);
+        let mut out_capacity = probe_rows.max(1);
+        loop {
+            let mut out_probe = zeros::<i32>(device, out_capacity)?;
+            let mut out_build = zeros::<i32>(device, out_capacity)?;
+            let mut count = zeros::<u32>(device, 1)?;
+            let mut error = zeros::<u32>(device, 1)?;
+            let (rows, out_cap) = (probe_rows as i32, out_capacity as i32);
+            let mut launch = device.stream.launch_builder(&device.join_probe);
+            launch.arg(&rows).arg(&probe_values);
+            arg_or_null(&mut launch, &probe_validity, &none);
+            launch.arg(&probe_kind).arg(&self.values);
+            arg_or_null(&mut launch, &self.validity, &none);
+            launch
+                .arg(&self.kind)
+                .arg(&cap)
+                .arg(&self.heads)
+                .arg(&self.next)
+                .arg(&mut out_probe)
+                .arg(&mut out_build)
+                .arg(&out_cap)
+                .arg(&mut count)
+                .arg(&mut error);
+            // SAFETY: arguments as flotilla_join_probe declares them; the
+            // outputs hold out_capacity pairs.
+            unsafe { launch.launch(config_for(probe_rows)) }
+                .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
+            let count = copy_out(device, &count)?[0] as usize;
+            let flags_set = copy_out(device, &error)?[0] & !flags::OUTPUT_FULL;
+            if flags_set != 0 {
+                return Err(GpuError::Kernel {
+                    what: crate::backend::describe_flags(flags_set),
+                });
+            }
+            if count <= out_capacity {
+                return Ok(DevicePairs {
+                    device: Arc::clone(device),
+                    probe: out_probe,
+                    build: out_build,
+                    count,
+                });
+            }
+            out_capacity = count;
         }
-        if count <= out_capacity {
-            let mut p = copy_out(device, &out_probe)?;
-            let mut b = copy_out(device, &out_build)?;
-            p.truncate(count);
-            b.truncate(count);
-            return Ok((p, b));
-        }
-        out_capacity = count;
     }
 }
 
@@ -449,10 +594,10 @@ pub(crate) fn calibrate(device: &Arc<Device>) -> Result<Calibration> {
     };
     let mut staging = Staging::default();
     // Once to warm up (allocations), once measured.
-    staging.stage(device, &[Some(column)], false)?;
+    staging.stage(device, &[Some(column)], &[0])?;
     sync(device)?;
     let started = Instant::now();
-    let staged = staging.stage(device, &[Some(column)], false)?;
+    let staged = staging.stage(device, &[Some(column)], &[0])?;
     sync(device)?;
     let copy = started.elapsed();
     drop(staged);
@@ -471,8 +616,9 @@ pub(crate) fn calibrate(device: &Arc<Device>) -> Result<Calibration> {
         &Chunk {
             rows,
             columns: vec![Some(column)],
+            build_side: Vec::new(),
         },
-        None,
+        Rows::All,
     )?;
     let big = table.figures();
     table.fold(
@@ -483,8 +629,9 @@ pub(crate) fn calibrate(device: &Arc<Device>) -> Result<Calibration> {
                 validity: None,
                 kind: ColumnKind::I64,
             })],
+            build_side: Vec::new(),
         },
-        None,
+        Rows::All,
     )?;
     let launch = table.figures().kernel - big.kernel;
     let kernel = big.kernel.saturating_sub(launch);

@@ -1,7 +1,8 @@
 //! The planner rule an executor applies to each fragment it receives: every
-//! partial aggregate the device supports (see [`AggregateStage::plan`])
-//! becomes a [`GpuStageExec`] that keeps the CPU plan, and a cost model
-//! decides where it runs.
+//! partial aggregate the device supports (see [`AggregateStage::plan`]),
+//! with the projection, filter and inner hash join under it, becomes a
+//! [`GpuStageExec`] that keeps the CPU plan, and a cost model decides where
+//! it runs.
 //!
 //! The cost model compares, per partition, the copy of the stage's input
 //! columns to the device plus the kernel's passes with the CPU doing the
@@ -77,6 +78,7 @@ pub struct GpuStageRule {
     /// Why there is no device, when there is none.
     absent: String,
     chunk_rows: usize,
+    fail_after: Option<usize>,
 }
 
 impl std::fmt::Debug for GpuStageRule {
@@ -100,12 +102,14 @@ impl GpuStageRule {
                 }),
                 absent: String::new(),
                 chunk_rows: CHUNK_ROWS,
+                fail_after: None,
             },
             Err(error) => Self {
                 backend: None,
                 capability: None,
                 absent: error.to_string(),
                 chunk_rows: CHUNK_ROWS,
+                fail_after: None,
             },
         }
     }
@@ -125,6 +129,7 @@ impl GpuStageRule {
             }),
             absent: String::new(),
             chunk_rows: CHUNK_ROWS,
+            fail_after: None,
         }
     }
 
@@ -136,6 +141,7 @@ impl GpuStageRule {
             capability: Some(capability),
             absent: String::new(),
             chunk_rows: CHUNK_ROWS,
+            fail_after: None,
         }
     }
 
@@ -143,6 +149,13 @@ impl GpuStageRule {
     /// run many launches and fill tables).
     pub fn with_chunk_rows(mut self, rows: usize) -> Self {
         self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// Tests: the device of every stage it makes reports a failure after
+    /// `launches` launches of a partition, so that the CPU takes over.
+    pub fn with_failure_after(mut self, launches: usize) -> Self {
+        self.fail_after = Some(launches);
         self
     }
 
@@ -194,7 +207,8 @@ impl GpuStageRule {
                 self.backend.clone(),
                 decision,
             )
-            .with_chunk_rows(self.chunk_rows);
+            .with_chunk_rows(self.chunk_rows)
+            .with_failure_after(self.fail_after);
             Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>))
         })
         .data()

@@ -1,17 +1,23 @@
-//! The fused GPU stage: a partial hash aggregate over an optional projection
-//! and filter, run by one kernel per coalesced chunk of its input.
+//! The fused GPU stage: a partial hash aggregate over an optional projection,
+//! filter and inner hash join, run by one kernel per coalesced chunk of its
+//! input (and, over a join, the probe kernel before it).
 //!
 //! [`AggregateStage::plan`] reads a DataFusion `AggregateExec` (partial mode)
-//! and the projection and filter under it, and compiles them into row
-//! programs over the columns of the plan below them (the stage's *input*).
+//! and the projection, filter and join under it, and compiles them into row
+//! programs over the columns of the plan below them (the stage's *input*;
+//! over a join, the joined rows: the build side's columns, then the probe
+//! side's).
 //! [`GpuStageExec`] takes the `AggregateExec`'s place in the plan with the
 //! same child, so the plan's shape is unchanged: it reads the stage's input
 //! itself, folds it into a hash table on the device and emits the same
 //! partial-aggregate rows DataFusion would (groups, then each aggregate's
 //! state columns). Whenever the device is busy, out of memory or reports a
 //! condition the CPU must handle (an integer overflow, which DataFusion
-//! reports as an error), the `AggregateExec` itself runs instead, from the
-//! start: nothing reaches the output before the whole input is folded.
+//! reports as an error), the `AggregateExec` takes over: from the start when
+//! busy, or from the chunk the device failed on, with that chunk and the
+//! rest of the input in the place of its inputs (every chunk is folded whole
+//! or not at all, see [`Folder`]). Nothing reaches the output before the
+//! whole input is folded or handed over.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +38,7 @@ use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
@@ -39,12 +46,12 @@ use datafusion::physical_plan::metrics::{
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode,
-    PlanProperties, ReplaceChildrenOptions,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    InputOrderMode, PlanProperties, ReplaceChildrenOptions,
 };
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::{Backend, Chunk, HostColumn, Readback, TableShape};
+use crate::backend::{Backend, Chunk, HostColumn, Readback, Rows, TableShape};
 use crate::error::{GpuError, Result};
 use crate::program::{ColumnKind, ProgramRef, ProgramSet, ValueType};
 
@@ -100,6 +107,20 @@ enum Output {
     Sum { slot: usize },
 }
 
+/// The inner hash join a stage's rows come from: the build side is the
+/// join's left child (read whole, first), the probe side its right.
+#[derive(Debug, Clone)]
+struct JoinInput {
+    /// Columns of the build side: the joined rows' first columns.
+    build_width: usize,
+    /// The key's column in the build side's rows and in the probe side's.
+    build_key: usize,
+    probe_key: usize,
+    /// One build side for every partition (DataFusion's CollectLeft), or
+    /// one per partition.
+    collect_left: bool,
+}
+
 /// A partial aggregate compiled for the device.
 #[derive(Debug)]
 pub struct AggregateStage {
@@ -108,6 +129,9 @@ pub struct AggregateStage {
     /// Plan levels between the aggregate and its input (0: none, 1 or 2:
     /// a projection and/or a filter).
     depth: usize,
+    /// The join the input is, if it is one: the programs then read the
+    /// joined rows (the build side's columns, then the probe side's).
+    join: Option<JoinInput>,
     programs: ProgramSet,
     filter: Option<ProgramRef>,
     keys: Vec<Key>,
@@ -209,12 +233,46 @@ impl AggregateStage {
             depth += 1;
             steps.insert(0, "filter");
         }
-        if contains_exchange(&plan) {
-            return Err(GpuError::unsupported(
-                "input from another stage (the GPU stage reads files it can read again)",
-            ));
+        let mut join = None;
+        let mut input_schema = plan.schema();
+        if let Some(hash_join) = plan.downcast_ref::<HashJoinExec>() {
+            let PlannedJoin {
+                input,
+                joined,
+                condition,
+            } = join_input(hash_join)?;
+            if let Some(projection) = &hash_join.projection {
+                let by: Vec<Arc<dyn PhysicalExpr>> = projection
+                    .iter()
+                    .map(|&i| {
+                        Arc::new(Column::new(joined.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+                    })
+                    .collect();
+                exprs = exprs
+                    .iter()
+                    .map(|e| substitute(e, &by))
+                    .collect::<DfResult<_>>()?;
+                predicate = predicate.map(|p| substitute(&p, &by)).transpose()?;
+            }
+            if let Some(condition) = condition {
+                predicate = Some(match predicate {
+                    Some(predicate) => {
+                        Arc::new(datafusion::physical_expr::expressions::BinaryExpr::new(
+                            condition,
+                            datafusion::logical_expr::Operator::And,
+                            predicate,
+                        ))
+                    }
+                    None => condition,
+                });
+                if !steps.contains(&"filter") {
+                    steps.insert(0, "filter");
+                }
+            }
+            steps.insert(0, "inner hash join");
+            input_schema = joined;
+            join = Some(input);
         }
-        let input_schema = plan.schema();
         let mut programs = ProgramSet::default();
         let filter = match &predicate {
             Some(predicate) => {
@@ -381,6 +439,7 @@ impl AggregateStage {
             input_schema,
             output_schema: aggregate.schema(),
             depth,
+            join,
             programs,
             filter,
             keys,
@@ -505,10 +564,94 @@ fn substitute(
         .data()
 }
 
-/// Whether the plan reads from another stage (`datafusion-distributed`'s
-/// network boundaries), which cannot be read twice.
-fn contains_exchange(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.name().starts_with("Network") || plan.children().into_iter().any(contains_exchange)
+/// The join a stage can read its rows from, and the joined rows' schema,
+/// or what the device does not support of it.
+fn join_input(join: &HashJoinExec) -> Result<PlannedJoin> {
+    use datafusion::common::{JoinType, NullEquality};
+    if *join.join_type() != JoinType::Inner || join.null_aware {
+        return Err(GpuError::unsupported(format!(
+            "a {} join (only inner joins run on the GPU)",
+            join.join_type()
+        )));
+    }
+    if join.fetch().is_some() {
+        return Err(GpuError::unsupported("a join with a row limit"));
+    }
+    if join.null_equality() != NullEquality::NullEqualsNothing {
+        return Err(GpuError::unsupported("a join on which nulls match"));
+    }
+    let collect_left = match join.partition_mode() {
+        PartitionMode::CollectLeft => true,
+        PartitionMode::Partitioned => false,
+        PartitionMode::Auto => return Err(GpuError::unsupported("a join of no partition mode")),
+    };
+    let [(left, right)] = join.on() else {
+        return Err(GpuError::unsupported(format!(
+            "a join on {} keys (the GPU joins on one)",
+            join.on().len()
+        )));
+    };
+    let (left_schema, right_schema) = (join.left().schema(), join.right().schema());
+    let key = |expr: &Arc<dyn PhysicalExpr>, schema: &SchemaRef| {
+        let column = expr
+            .downcast_ref::<Column>()
+            .ok_or_else(|| GpuError::unsupported(format!("a join on {expr}")))?;
+        match schema.field(column.index()).data_type() {
+            DataType::Int32 | DataType::Int64 => Ok(column.index()),
+            other => Err(GpuError::unsupported(format!(
+                "a join on {expr} of type {other}"
+            ))),
+        }
+    };
+    let (build_key, probe_key) = (key(left, &left_schema)?, key(right, &right_schema)?);
+    let fields: Vec<arrow::datatypes::FieldRef> = left_schema
+        .fields()
+        .iter()
+        .chain(right_schema.fields().iter())
+        .cloned()
+        .collect();
+    let joined = Arc::new(arrow::datatypes::Schema::new(fields));
+    let build_width = left_schema.fields().len();
+    // The join's other conditions, over the joined rows: for an inner
+    // join, a filter on its output.
+    let condition = match join.filter() {
+        Some(filter) => {
+            use datafusion::common::JoinSide;
+            let by = filter
+                .column_indices()
+                .iter()
+                .map(|c| {
+                    let at = match c.side {
+                        JoinSide::Left => Ok(c.index),
+                        JoinSide::Right => Ok(build_width + c.index),
+                        JoinSide::None => Err(GpuError::unsupported("a join condition's column")),
+                    }?;
+                    Ok(Arc::new(Column::new(joined.field(at).name(), at)) as Arc<dyn PhysicalExpr>)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(substitute(filter.expression(), &by)?)
+        }
+        None => None,
+    };
+    Ok(PlannedJoin {
+        input: JoinInput {
+            build_width,
+            build_key,
+            probe_key,
+            collect_left,
+        },
+        joined,
+        condition,
+    })
+}
+
+/// A join as a stage reads it.
+struct PlannedJoin {
+    input: JoinInput,
+    /// The joined rows' schema.
+    joined: SchemaRef,
+    /// Conditions besides the key's, over the joined rows.
+    condition: Option<Arc<dyn PhysicalExpr>>,
 }
 
 /// Stages this process ran to the end on a device, and stages that fell
@@ -550,6 +693,11 @@ pub struct GpuStageExec {
     backend: Option<Backend>,
     decision: Decision,
     chunk_rows: usize,
+    /// A join stage's build side when every partition reads the same one
+    /// (CollectLeft): read once, by the first partition to want it.
+    shared_build: Arc<tokio::sync::OnceCell<Arc<Vec<RecordBatch>>>>,
+    /// Tests: the launch after which the device reports a failure.
+    fail_after: Option<usize>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -577,6 +725,8 @@ impl GpuStageExec {
             backend,
             decision,
             chunk_rows: CHUNK_ROWS,
+            shared_build: Arc::default(),
+            fail_after: None,
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -584,6 +734,14 @@ impl GpuStageExec {
     /// Rows per launch (tests use small chunks to exercise many launches).
     pub fn with_chunk_rows(mut self, rows: usize) -> Self {
         self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// Tests: the device reports a failure after `launches` launches of
+    /// each partition (it has folded that launch's rows: the stage must undo
+    /// them).
+    pub fn with_failure_after(mut self, launches: Option<usize>) -> Self {
+        self.fail_after = launches;
         self
     }
 
@@ -672,6 +830,8 @@ impl ExecutionPlan for GpuStageExec {
             backend: self.backend.clone(),
             decision: self.decision.clone(),
             chunk_rows: self.chunk_rows,
+            shared_build: Arc::default(),
+            fail_after: self.fail_after,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -709,37 +869,302 @@ impl ExecutionPlan for GpuStageExec {
         MetricBuilder::new(&self.metrics)
             .counter(metric_name("gpu_stage", &backend.name()), partition)
             .add(1);
-        let metrics = StageMetrics::new(&self.metrics, partition);
-        let cpu = Arc::clone(&self.cpu);
-        let input = self.input(&stage);
+        let run = StageRun {
+            metrics: StageMetrics::new(&self.metrics, partition, stage.join.is_some()),
+            cpu: Arc::clone(&self.cpu),
+            input: self.input(&stage),
+            stage,
+            backend,
+            partition,
+            context,
+            chunk_rows: self.chunk_rows,
+            shared_build: Arc::clone(&self.shared_build),
+            fail_after: self.fail_after,
+        };
         let schema = self.schema();
-        let chunk_rows = self.chunk_rows;
-        let stream = futures::stream::once(async move {
-            let permit = backend.try_permit();
-            if permit.is_none() {
-                metrics.busy.add(1);
-                return cpu.execute(partition, context);
-            }
-            let rows = input.execute(partition, Arc::clone(&context))?;
-            match fold_input(&stage, &backend, rows, chunk_rows, &metrics).await {
-                Ok(batches) => {
-                    drop(permit);
-                    STAGES_COMPLETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(Box::pin(MemoryStream::try_new(batches, stage.output_schema.clone(), None)?)
-                        as SendableRecordBatchStream)
-                }
-                Err(Failure::Input(error)) => Err(error),
-                Err(Failure::Device(error)) => {
-                    drop(permit);
-                    tracing::info!(%error, stage = stage.summary(), "the GPU stage runs on the CPU instead");
-                    metrics.fallbacks.add(1);
-                    STAGES_FALLEN_BACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    cpu.execute(partition, context)
-                }
-            }
-        })
-        .try_flatten();
+        let stream = futures::stream::once(run.run()).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// One partition of a GPU stage, as it runs.
+struct StageRun {
+    stage: Arc<AggregateStage>,
+    backend: Backend,
+    /// The `AggregateExec` as planned.
+    cpu: Arc<dyn ExecutionPlan>,
+    /// The plan the stage reads (a join: the plan whose children it reads).
+    input: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    context: Arc<TaskContext>,
+    chunk_rows: usize,
+    shared_build: Arc<tokio::sync::OnceCell<Arc<Vec<RecordBatch>>>>,
+    fail_after: Option<usize>,
+    metrics: StageMetrics,
+}
+
+impl StageRun {
+    async fn run(self) -> DfResult<SendableRecordBatchStream> {
+        let permit = self.backend.try_permit();
+        // A join's build side, read whole before anything else.
+        let build = match &self.stage.join {
+            Some(join) => Some(self.read_build(join).await?),
+            None => None,
+        };
+        if let (Some(count), Some(build)) = (&self.metrics.build_rows, &build) {
+            count.add(build.iter().map(RecordBatch::num_rows).sum());
+        }
+        if permit.is_none() {
+            self.metrics.busy.add(1);
+            return match &build {
+                // The CPU join, with the build side already read.
+                Some(build) => {
+                    let probe = Arc::clone(self.input.children()[1]);
+                    let build = self.replay_build(build)?;
+                    cpu_over(&self.cpu, &self.stage, vec![build, probe])?
+                        .execute(self.partition, Arc::clone(&self.context))
+                }
+                None => self.cpu.execute(self.partition, Arc::clone(&self.context)),
+            };
+        }
+        let rows = match self.stage.join {
+            Some(_) => Arc::clone(self.input.children()[1]),
+            None => Arc::clone(&self.input),
+        }
+        .execute(self.partition, Arc::clone(&self.context))?;
+        let mut folder = Folder::new(&self.stage, &self.backend, self.fail_after);
+        let outcome = folder
+            .fold_all(rows, build.as_deref(), self.chunk_rows, &self.metrics)
+            .await;
+        folder.report(&self.metrics);
+        drop(permit);
+        let (failure, rest) = match outcome {
+            Ok(()) => {
+                STAGES_COMPLETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let batches = folder.output;
+                return Ok(Box::pin(MemoryStream::try_new(
+                    batches,
+                    self.stage.output_schema.clone(),
+                    None,
+                )?));
+            }
+            Err(Stop::Input(error)) => return Err(error),
+            Err(Stop::Device { error, rest }) => (error, rest),
+        };
+        tracing::info!(%failure, stage = self.stage.summary(), "the GPU stage goes on on the CPU");
+        self.metrics.fallbacks.add(1);
+        STAGES_FALLEN_BACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // What the device folded before the failing chunk stays; the CPU
+        // plan takes that chunk and the rest of the input.
+        let mut leaves = Vec::new();
+        if let Some(build) = &build {
+            leaves.push(self.replay_build(build)?);
+        }
+        let probe_partitions = match self.stage.join {
+            Some(_) => self.input.children()[1].output_partitioning(),
+            None => self.input.output_partitioning(),
+        }
+        .partition_count();
+        leaves.push(Arc::new(ReplayExec::new(rest, self.partition, probe_partitions)) as _);
+        let cpu = cpu_over(&self.cpu, &self.stage, leaves)?
+            .execute(self.partition, Arc::clone(&self.context))?;
+        let done = futures::stream::iter(folder.output.into_iter().map(Ok));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.stage.output_schema.clone(),
+            done.chain(cpu),
+        )))
+    }
+
+    /// The join's build side: this partition's, or the one all partitions
+    /// share.
+    async fn read_build(&self, join: &JoinInput) -> DfResult<Arc<Vec<RecordBatch>>> {
+        let plan = Arc::clone(self.input.children()[0]);
+        let read = |partition: usize| {
+            let context = Arc::clone(&self.context);
+            let plan = Arc::clone(&plan);
+            async move {
+                let batches: Vec<RecordBatch> =
+                    plan.execute(partition, context)?.try_collect().await?;
+                DfResult::Ok(Arc::new(batches))
+            }
+        };
+        if join.collect_left {
+            self.shared_build
+                .get_or_try_init(|| read(0))
+                .await
+                .map(Arc::clone)
+        } else {
+            read(self.partition).await
+        }
+    }
+
+    /// The build side read, as a plan for the CPU join.
+    fn replay_build(&self, build: &Arc<Vec<RecordBatch>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.input.children()[0];
+        let (partition, partitions) = match self.stage.join.as_ref().map(|j| j.collect_left) {
+            Some(true) => (0, 1),
+            _ => (self.partition, plan.output_partitioning().partition_count()),
+        };
+        let stream = MemoryStream::try_new(build.as_ref().clone(), plan.schema(), None)?;
+        Ok(Arc::new(ReplayExec::new(
+            Box::pin(stream),
+            partition,
+            partitions,
+        )))
+    }
+}
+
+/// The CPU plan of a stage (`cpu`, the `AggregateExec`) over `leaves` in the
+/// place of its input: the plan the stage reads, or for a join the join's
+/// two children (the join itself made anew, with no dynamic filter: its
+/// partitions must not wait for the GPU stage's).
+fn cpu_over(
+    cpu: &Arc<dyn ExecutionPlan>,
+    stage: &AggregateStage,
+    leaves: Vec<Arc<dyn ExecutionPlan>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn rebuild(
+        node: &Arc<dyn ExecutionPlan>,
+        levels: usize,
+        join: bool,
+        leaves: &mut Option<Vec<Arc<dyn ExecutionPlan>>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut leaves_here = || {
+            leaves
+                .take()
+                .ok_or_else(|| DataFusionError::Internal("a GPU stage's leaves, twice".into()))
+        };
+        if levels == 0 {
+            if !join {
+                let mut leaves = leaves_here()?;
+                return leaves
+                    .pop()
+                    .ok_or_else(|| DataFusionError::Internal("a GPU stage's input".into()));
+            }
+            let hash_join = node.downcast_ref::<HashJoinExec>().ok_or_else(|| {
+                DataFusionError::Internal("a GPU join stage over no hash join".into())
+            })?;
+            return hash_join
+                .builder()
+                .with_new_children(leaves_here()?)?
+                .reset_state()
+                .build_exec();
+        }
+        let child = rebuild(node.children()[0], levels - 1, join, leaves)?;
+        Arc::clone(node).replace_children(vec![child], recompute())
+    }
+    let mut leaves = Some(leaves);
+    let child = rebuild(
+        cpu.children()[0],
+        stage.depth,
+        stage.join.is_some(),
+        &mut leaves,
+    )?;
+    Arc::clone(cpu).replace_children(vec![child], recompute())
+}
+
+fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}
+
+/// One partition of a plan's input as the rest of a stream: where the CPU
+/// goes on with what the GPU stage had not folded yet.
+struct ReplayExec {
+    stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+    partition: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl ReplayExec {
+    fn new(stream: SendableRecordBatchStream, partition: usize, partitions: usize) -> Self {
+        use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+        use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(stream.schema()),
+            Partitioning::UnknownPartitioning(partitions.max(partition + 1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            stream: std::sync::Mutex::new(Some(stream)),
+            partition,
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl fmt::Debug for ReplayExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReplayExec({})", self.partition)
+    }
+}
+
+impl DisplayAs for ReplayExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ReplayExec: partition {}", self.partition)
+    }
+}
+
+impl ExecutionPlan for ReplayExec {
+    fn name(&self) -> &str {
+        "ReplayExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "a replayed input has no children".into(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let stream = match self.stream.lock() {
+            Ok(mut stream) if partition == self.partition => stream.take(),
+            _ => None,
+        };
+        stream.ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "partition {partition} of a replayed input (partition {}), or read twice",
+                self.partition
+            ))
+        })
     }
 }
 
@@ -758,11 +1183,13 @@ struct StageMetrics {
     copy_time: Time,
     kernel_time: Time,
     fallbacks: Count,
+    /// A join stage's build rows.
+    build_rows: Option<Count>,
     busy: Count,
 }
 
 impl StageMetrics {
-    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize, join: bool) -> Self {
         let count = |name: &'static str| MetricBuilder::new(set).counter(name, partition);
         let time = |name: &'static str| MetricBuilder::new(set).subset_time(name, partition);
         Self {
@@ -773,95 +1200,249 @@ impl StageMetrics {
             copy_time: time("gpu_copy_time"),
             kernel_time: time("gpu_kernel_time"),
             fallbacks: count("gpu_fallbacks_to_cpu"),
+            build_rows: join.then(|| count("gpu_build_rows")),
             busy: count("gpu_busy_ran_on_cpu"),
         }
     }
 }
 
-enum Failure {
+/// Why a stage's fold stopped.
+enum Stop {
     /// The input failed: that is the query's error.
     Input(DataFusionError),
-    /// The device could not finish: the CPU path answers.
-    Device(GpuError),
+    /// The device could not go on: the CPU takes `rest`, the input from the
+    /// chunk it failed on (every row before it is in the folder's output).
+    Device {
+        error: GpuError,
+        rest: SendableRecordBatchStream,
+    },
 }
 
-impl From<GpuError> for Failure {
-    fn from(error: GpuError) -> Self {
-        Failure::Device(error)
-    }
+/// The device failed where the CPU cannot take over (what it had folded is
+/// lost with it): the query's error.
+fn device_lost(error: GpuError) -> Stop {
+    Stop::Input(DataFusionError::External(Box::new(error)))
 }
 
-/// Folds the whole input in, returning the partial aggregate's rows.
-async fn fold_input(
-    stage: &AggregateStage,
-    backend: &Backend,
-    mut input: SendableRecordBatchStream,
-    chunk_rows: usize,
-    metrics: &StageMetrics,
-) -> std::result::Result<Vec<RecordBatch>, Failure> {
-    let meta = stage.meta();
-    let mut capacity = CAPACITY_START;
-    let mut table = backend.aggregate_table(stage.shape(capacity), &meta, &stage.programs)?;
-    let mut dictionaries = Dictionaries::new(stage);
-    let mut output = Vec::new();
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0;
-    let schema = input.schema();
-    loop {
-        let next = input.next().await.transpose().map_err(Failure::Input)?;
-        if let Some(batch) = &next {
-            pending_rows += batch.num_rows();
-            pending.push(batch.clone());
+/// A stage's hash table and what it has emitted, chunk by chunk: every chunk
+/// is folded in whole or not at all (the table is checkpointed before each).
+struct Folder<'a> {
+    stage: &'a AggregateStage,
+    backend: &'a Backend,
+    meta: Vec<i32>,
+    capacity: usize,
+    table: Option<crate::backend::AggregateTable>,
+    join: Option<(crate::backend::JoinTable, RecordBatch)>,
+    dictionaries: Dictionaries,
+    output: Vec<RecordBatch>,
+    /// Figures of tables replaced by larger ones.
+    figures: crate::backend::Figures,
+    launches: usize,
+    fail_after: Option<usize>,
+}
+
+impl<'a> Folder<'a> {
+    fn new(stage: &'a AggregateStage, backend: &'a Backend, fail_after: Option<usize>) -> Self {
+        Self {
+            stage,
+            backend,
+            meta: stage.meta(),
+            capacity: CAPACITY_START,
+            table: None,
+            join: None,
+            dictionaries: Dictionaries::new(stage),
+            output: Vec::new(),
+            figures: crate::backend::Figures::default(),
+            launches: 0,
+            fail_after,
         }
-        let full = pending_rows >= chunk_rows;
-        if (full || next.is_none()) && pending_rows > 0 {
-            let chunk = concat_batches(&schema, &pending).map_err(|e| Failure::Input(e.into()))?;
-            pending.clear();
-            pending_rows = 0;
-            metrics.rows.add(chunk.num_rows());
-            let encoded = Encoded::new(stage, &chunk, &mut dictionaries)?;
-            let host = encoded.chunk(chunk.num_rows());
-            let mut folded = table.fold(&host, None)?;
-            let mut only: Option<Vec<i32>> = None;
-            // Rows whose group found no slot: empty the table into the
-            // output, make it larger, fold them again.
-            while !folded.overflow.is_empty() {
-                let rows: Vec<i32> = match &only {
-                    Some(previous) => folded
-                        .overflow
-                        .iter()
-                        .map(|&i| previous[i as usize])
-                        .collect(),
-                    None => folded.overflow.clone(),
-                };
-                output.extend(read_out(stage, &mut table, &dictionaries)?);
-                if capacity < CAPACITY_MAX {
-                    capacity = (capacity * 4).min(CAPACITY_MAX);
-                    table =
-                        backend.aggregate_table(stage.shape(capacity), &meta, &stage.programs)?;
+    }
+
+    /// Folds in the whole input (and, for a join, builds its table from
+    /// `build` first).
+    async fn fold_all(
+        &mut self,
+        mut input: SendableRecordBatchStream,
+        build: Option<&Vec<RecordBatch>>,
+        chunk_rows: usize,
+        metrics: &StageMetrics,
+    ) -> std::result::Result<(), Stop> {
+        let schema = input.schema();
+        if let Err(error) = self.start(build) {
+            // Nothing folded: the CPU takes the whole input.
+            self.table = None;
+            return Err(Stop::Device { error, rest: input });
+        }
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0;
+        loop {
+            let next = input.next().await.transpose().map_err(Stop::Input)?;
+            if let Some(batch) = &next {
+                pending_rows += batch.num_rows();
+                pending.push(batch.clone());
+            }
+            let full = pending_rows >= chunk_rows;
+            if (full || next.is_none()) && pending_rows > 0 {
+                let chunk = concat_batches(&schema, &pending).map_err(|e| Stop::Input(e.into()))?;
+                pending.clear();
+                pending_rows = 0;
+                metrics.rows.add(chunk.num_rows());
+                if let Err(error) = self.fold_chunk(&chunk) {
+                    // The table as it was before this chunk goes out; the
+                    // chunk and the rest of the input go to the CPU.
+                    self.empty_after_failure().map_err(device_lost)?;
+                    let rest = futures::stream::once(async move { Ok(chunk) }).chain(input);
+                    return Err(Stop::Device {
+                        error,
+                        rest: Box::pin(RecordBatchStreamAdapter::new(schema, rest)),
+                    });
                 }
-                folded = table.fold(&host, Some(&rows))?;
-                only = Some(rows);
             }
-            // Half full: emptied now, so the next chunk finds free slots.
-            if !stage.keys.is_empty() && folded.groups * 2 > table.shape().capacity {
-                output.extend(read_out(stage, &mut table, &dictionaries)?);
+            if next.is_none() {
+                break;
             }
         }
-        if next.is_none() {
-            break;
+        if let Some(table) = &mut self.table {
+            let rows = read_out(self.stage, table, &self.dictionaries).map_err(device_lost)?;
+            self.output.extend(rows);
         }
+        Ok(())
     }
-    output.extend(read_out(stage, &mut table, &dictionaries)?);
-    let figures = table.figures();
-    metrics.launches.add(figures.launches as usize);
-    metrics.bytes_in.add(figures.bytes_in as usize);
-    metrics.bytes_out.add(figures.bytes_out as usize);
-    metrics
-        .copy_time
-        .add_duration(figures.copy_in + figures.copy_out);
-    metrics.kernel_time.add_duration(figures.kernel);
-    Ok(output)
+
+    /// The first table, and a join's build side on the device.
+    fn start(&mut self, build: Option<&Vec<RecordBatch>>) -> Result<()> {
+        let mut table = self.backend.aggregate_table(
+            self.stage.shape(self.capacity),
+            &self.meta,
+            &self.stage.programs,
+        )?;
+        table.checkpoint()?;
+        self.table = Some(table);
+        if let (Some(join), Some(build)) = (&self.stage.join, build) {
+            let schema = build.first().map(RecordBatch::schema).unwrap_or_else(|| {
+                Arc::new(arrow::datatypes::Schema::new(
+                    self.stage.input_schema.fields()[..join.build_width].to_vec(),
+                ))
+            });
+            let build = concat_batches(&schema, build)
+                .map_err(|e| GpuError::unsupported(format!("the build side: {e}")))?;
+            if build.num_rows() >= i32::MAX as usize / 2 {
+                return Err(GpuError::unsupported("a build side of 2^30 rows or more"));
+            }
+            let key = build.column(join.build_key);
+            let bits = key.nulls().map(|n| n.inner().sliced());
+            let table = self.backend.join_table(
+                crate::backend::join_key(key.as_ref(), bits.as_ref())?,
+                build.num_rows(),
+            )?;
+            self.join = Some((table, build));
+        }
+        Ok(())
+    }
+
+    /// Folds in one chunk, whole or not at all.
+    fn fold_chunk(&mut self, chunk: &RecordBatch) -> Result<()> {
+        let stage = self.stage;
+        let Some(table) = self.table.as_mut() else {
+            return Err(GpuError::Kernel {
+                what: "a fold without a table".into(),
+            });
+        };
+        table.checkpoint()?;
+        let (columns, pairs, build_width) = match (&mut self.join, &stage.join) {
+            (Some((join, build)), Some(input)) => {
+                let key = chunk.column(input.probe_key);
+                let bits = key.nulls().map(|n| n.inner().sliced());
+                let pairs = join.probe(
+                    crate::backend::join_key(key.as_ref(), bits.as_ref())?,
+                    chunk.num_rows(),
+                )?;
+                if pairs.is_empty() {
+                    return Ok(());
+                }
+                let columns: Vec<ArrayRef> = build
+                    .columns()
+                    .iter()
+                    .chain(chunk.columns())
+                    .cloned()
+                    .collect();
+                (columns, Some(pairs), input.build_width)
+            }
+            _ => (chunk.columns().to_vec(), None, 0),
+        };
+        let encoded = Encoded::new(stage, &columns, &mut self.dictionaries)?;
+        let host = encoded.chunk(stage, chunk.num_rows(), build_width);
+        let rows = match &pairs {
+            Some(pairs) => Rows::Pairs(pairs),
+            None => Rows::All,
+        };
+        while let Some(table) = self.table.as_mut() {
+            self.launches += 1;
+            let folded = table.fold(&host, rows)?;
+            if self.fail_after.is_some_and(|n| self.launches >= n) {
+                return Err(GpuError::Kernel {
+                    what: "a failure injected by a test".into(),
+                });
+            }
+            if folded.overflow.is_empty() {
+                // Half full: emptied now, so the next chunk finds free slots.
+                if !stage.keys.is_empty() && folded.groups * 2 > table.shape().capacity {
+                    self.output
+                        .extend(read_out(stage, table, &self.dictionaries)?);
+                }
+                return Ok(());
+            }
+            // Some groups found no slot: the table as it was before this
+            // chunk goes out, and the whole chunk goes again into a larger,
+            // empty table.
+            table.restore()?;
+            self.output
+                .extend(read_out(stage, table, &self.dictionaries)?);
+            table.checkpoint()?;
+            if self.capacity >= CAPACITY_MAX {
+                return Err(GpuError::unsupported(format!(
+                    "a chunk of more groups than {CAPACITY_MAX} slots hold"
+                )));
+            }
+            self.capacity = (self.capacity * 4).min(CAPACITY_MAX);
+            let larger = self.backend.aggregate_table(
+                stage.shape(self.capacity),
+                &self.meta,
+                &stage.programs,
+            )?;
+            if let Some(old) = self.table.replace(larger) {
+                self.figures.add(&old.figures());
+            }
+            if let Some(table) = self.table.as_mut() {
+                table.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed chunk: the table as it was before it, emitted.
+    fn empty_after_failure(&mut self) -> Result<()> {
+        if let Some(table) = self.table.as_mut() {
+            table.restore()?;
+            self.output
+                .extend(read_out(self.stage, table, &self.dictionaries)?);
+        }
+        Ok(())
+    }
+
+    fn report(&self, metrics: &StageMetrics) {
+        let mut figures = self.figures;
+        if let Some(table) = &self.table {
+            figures.add(&table.figures());
+        }
+        metrics.launches.add(figures.launches as usize);
+        metrics.bytes_in.add(figures.bytes_in as usize);
+        metrics.bytes_out.add(figures.bytes_out as usize);
+        metrics
+            .copy_time
+            .add_duration(figures.copy_in + figures.copy_out);
+        metrics.kernel_time.add_duration(figures.kernel);
+    }
 }
 
 /// The string keys' dictionaries: code -> value, value -> code.
@@ -896,15 +1477,17 @@ struct Encoded {
 }
 
 impl Encoded {
+    /// `input`: the stage's input columns (over a join, the build side's
+    /// then the probe side's).
     fn new(
         stage: &AggregateStage,
-        chunk: &RecordBatch,
+        input: &[ArrayRef],
         dictionaries: &mut Dictionaries,
     ) -> Result<Self> {
-        let mut columns = vec![None; chunk.num_columns()];
-        let mut validity = vec![None; chunk.num_columns()];
+        let mut columns = vec![None; input.len()];
+        let mut validity = vec![None; input.len()];
         for &c in &stage.read_columns {
-            let array = chunk.column(c);
+            let array = &input[c];
             if ColumnKind::of(array.data_type()).is_some() || stage.validity_only.contains(&c) {
                 validity[c] = array.nulls().map(|n| n.inner().sliced());
                 columns[c] = Some(Arc::clone(array));
@@ -917,7 +1500,7 @@ impl Encoded {
             if key.encoding != KeyEncoding::Dictionary {
                 continue;
             }
-            let strings = arrow::compute::cast(chunk.column(key.column), &DataType::Utf8)
+            let strings = arrow::compute::cast(&input[key.column], &DataType::Utf8)
                 .map_err(|e| GpuError::unsupported(format!("a string key: {e}")))?;
             let strings = strings.as_string::<i32>();
             let map = &mut dictionaries.codes[d];
@@ -945,7 +1528,9 @@ impl Encoded {
         })
     }
 
-    fn chunk(&self, rows: usize) -> Chunk<'_> {
+    /// The chunk for a launch: over a join, the first `build_width` columns
+    /// are the build side's.
+    fn chunk(&self, stage: &AggregateStage, rows: usize, build_width: usize) -> Chunk<'_> {
         let mut columns: Vec<Option<HostColumn<'_>>> = self
             .columns
             .iter()
@@ -974,7 +1559,24 @@ impl Encoded {
                 kind: ColumnKind::I32,
             }));
         }
-        Chunk { rows, columns }
+        let build_side = if build_width == 0 {
+            Vec::new()
+        } else {
+            let codes_build = stage
+                .keys
+                .iter()
+                .filter(|k| k.encoding == KeyEncoding::Dictionary)
+                .map(|k| k.column < build_width);
+            (0..self.columns.len())
+                .map(|c| c < build_width)
+                .chain(codes_build)
+                .collect()
+        };
+        Chunk {
+            rows,
+            columns,
+            build_side,
+        }
     }
 }
 

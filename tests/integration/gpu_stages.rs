@@ -455,6 +455,177 @@ async fn the_join_kernels_pair_what_datafusion_joins() -> Result<()> {
     Ok(())
 }
 
+/// Joins feeding aggregates: the join kernels pair the rows and the
+/// aggregate kernel folds the pairs, on TPC-H queries and on nulls,
+/// duplicate keys and string groups of the build side; a device failure in
+/// the middle of a stage leaves the answer as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
+    let ctx = tpch_context(0.1).await?;
+    let rule = GpuStageRule::emulated();
+    let joined = |plan: &Arc<dyn ExecutionPlan>| {
+        stages(plan)
+            .into_iter()
+            .filter(|s| s.1 && s.0.starts_with("inner hash join"))
+            .count()
+    };
+    for q in [3, 5] {
+        let sql = query_text(q)?;
+        let plan = plan_of(&ctx, &sql, Some((&rule, GpuMode::Force))).await?;
+        ensure!(
+            joined(&plan) > 0,
+            "q{q:02}: no join stage on the device: {:?}",
+            stages(&plan)
+        );
+        let rows = differential(&ctx, &sql, &rule).await?;
+        let (_, expected) = read_answer(
+            &tests::shared_dir()
+                .join("tpch/answers/sf0.1")
+                .join(format!("q{q:02}.csv")),
+        )?;
+        compare(&expected, &rows).with_context(|| format!("q{q:02} against the reference"))?;
+    }
+    let small_chunks = GpuStageRule::emulated().with_chunk_rows(20_000);
+    for sql in [
+        "select o_orderpriority, count(*), sum(l_quantity), avg(l_discount) \
+         from orders join lineitem on o_orderkey = l_orderkey \
+         where l_shipdate > date '1995-01-01' group by o_orderpriority",
+        "select l_orderkey, o_orderdate, sum(l_extendedprice * (1 - l_discount)), count(*) \
+         from orders join lineitem on l_orderkey = o_orderkey \
+         where o_orderdate < date '1995-03-15' group by l_orderkey, o_orderdate",
+        "select count(*), sum(ps_supplycost * ps_availqty) \
+         from partsupp join supplier on ps_suppkey = s_suppkey where s_acctbal > 0",
+    ] {
+        let plan = plan_of(&ctx, sql, Some((&small_chunks, GpuMode::Force))).await?;
+        ensure!(
+            joined(&plan) > 0,
+            "{sql}: no join stage: {:?}",
+            stages(&plan)
+        );
+        differential(&ctx, sql, &small_chunks).await?;
+    }
+
+    // Nulls and duplicates among the keys of both sides; the build side's
+    // strings as group keys.
+    let rows = 150_000usize;
+    let pick = |i: usize, m: usize| (i.wrapping_mul(2654435761) >> 7) % m;
+    let build_rows = 3_000usize;
+    let bk: Int64Array = (0..build_rows)
+        .map(|i| (pick(i, 11) != 0).then(|| pick(i, 2_000) as i64))
+        .collect();
+    let bs: StringArray = (0..build_rows)
+        .map(|i| (pick(i, 9) != 0).then(|| format!("group-{}", pick(i, 13))))
+        .collect();
+    let bv: Int32Array = (0..build_rows).map(|i| Some(pick(i, 100) as i32)).collect();
+    let pk: Int64Array = (0..rows)
+        .map(|i| (pick(i + 7, 13) != 0).then(|| pick(i + 3, 2_500) as i64))
+        .collect();
+    let pv: Float64Array = (0..rows)
+        .map(|i| (pick(i, 5) != 0).then(|| pick(i, 1000) as f64 / 8.0))
+        .collect();
+    let pd = (0..rows)
+        .map(|i| Some(pick(i, 100_000) as i128))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)?;
+    let build_schema = Arc::new(Schema::new(vec![
+        Field::new("bk", DataType::Int64, true),
+        Field::new("bs", DataType::Utf8, true),
+        Field::new("bv", DataType::Int32, true),
+    ]));
+    let probe_schema = Arc::new(Schema::new(vec![
+        Field::new("pk", DataType::Int64, true),
+        Field::new("pv", DataType::Float64, true),
+        Field::new("pd", DataType::Decimal128(15, 2), true),
+    ]));
+    let build = RecordBatch::try_new(
+        Arc::clone(&build_schema),
+        vec![Arc::new(bk), Arc::new(bs), Arc::new(bv)],
+    )?;
+    let probe = RecordBatch::try_new(
+        Arc::clone(&probe_schema),
+        vec![Arc::new(pk), Arc::new(pv), Arc::new(pd)],
+    )?;
+    let split = |batch: &RecordBatch| -> Vec<Vec<RecordBatch>> {
+        let half = batch.num_rows() / 2;
+        [(0, half), (half, batch.num_rows() - half)]
+            .iter()
+            .map(|&(at, len)| {
+                (at..at + len)
+                    .step_by(4096)
+                    .map(|s| batch.slice(s, 4096.min(at + len - s)))
+                    .collect()
+            })
+            .collect()
+    };
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.register_table(
+        "b",
+        Arc::new(datafusion::datasource::MemTable::try_new(
+            build_schema,
+            split(&build),
+        )?),
+    )?;
+    ctx.register_table(
+        "p",
+        Arc::new(datafusion::datasource::MemTable::try_new(
+            probe_schema,
+            split(&probe),
+        )?),
+    )?;
+    let rule = GpuStageRule::emulated().with_chunk_rows(16_384);
+    let queries = [
+        "select bs, count(*), count(pv), sum(pv), sum(pd), avg(pd), sum(bv) from b join p on bk = pk group by bs",
+        "select pk, count(*), sum(bv * 2) from p join b on pk = bk where pv > 10 or bv < 50 group by pk",
+        "select count(*), sum(pd), avg(pv) from b join p on bk = pk where bs is null",
+    ];
+    for sql in queries {
+        let plan = plan_of(&ctx, sql, Some((&rule, GpuMode::Force))).await?;
+        ensure!(
+            joined(&plan) > 0,
+            "{sql}: no join stage: {:?}",
+            stages(&plan)
+        );
+        differential(&ctx, sql, &rule).await?;
+    }
+    // Outer joins stay on the CPU, and say so.
+    let plan = plan_of(
+        &ctx,
+        "select bs, count(pv) from b left join p on bk = pk group by bs",
+        Some((&rule, GpuMode::Force)),
+    )
+    .await?;
+    let found = stages(&plan);
+    ensure!(
+        found.iter().all(|s| !s.1) && found.iter().any(|s| s.2.contains("Left join")),
+        "a left join on the GPU: {found:?}"
+    );
+    // The device fails after its third launch of each partition: what it
+    // folded before stays, the CPU takes the rest, and the answer is the
+    // same.
+    for rule in [
+        GpuStageRule::emulated()
+            .with_chunk_rows(16_384)
+            .with_failure_after(3),
+        GpuStageRule::emulated().with_failure_after(1),
+    ] {
+        for sql in queries
+            .iter()
+            .copied()
+            .chain(["select pk, sum(pv), count(*), sum(pd) from p where pk > 100 group by pk"])
+        {
+            let (cpu, _) = run(&ctx, sql, None).await?;
+            let (gpu, plan) = run(&ctx, sql, Some((&rule, GpuMode::Force))).await?;
+            ensure!(
+                stage_metric(&plan, "gpu_fallbacks_to_cpu") > 0,
+                "{sql}: no stage fell back"
+            );
+            compare(&sorted(batch_rows(&cpu)?), &sorted(batch_rows(&gpu)?))
+                .with_context(|| format!("after a device failure: {sql}"))?;
+        }
+    }
+    Ok(())
+}
+
 async fn simple_count(ctx: &SessionContext, sql: &str) -> Result<usize> {
     let rows = batch_rows(&ctx.sql(sql).await?.collect().await?)?;
     rows.first()
@@ -616,6 +787,22 @@ async fn tpch_forced(device: &str) -> Result<i64> {
             "EXPLAIN ANALYZE lacks {shown}:\n{text}"
         );
     }
+    if device == "emulate" {
+        // Q3's last join feeds its aggregate on the device, in the cluster
+        // too (the join's sides come through exchanges).
+        let explain = simple_rows(&client, &format!("EXPLAIN ANALYZE {}", query_text(3)?)).await?;
+        let text = explain
+            .iter()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        ensure!(
+            text.contains("gpu_build_rows="),
+            "no join stage ran in Q3:\n{text}"
+        );
+    }
     // A bad value is refused with the setting's own message.
     let error = client
         .simple_query("SET flotilla.gpu = 'sometimes'")
@@ -674,7 +861,7 @@ async fn on_a_real_device_answers_match_the_cpu() -> Result<()> {
     println!("device: {:?}", device.info());
     let ctx = tpch_context(1.0).await?;
     let rule = GpuStageRule::for_probe(&Ok(Arc::clone(&device)));
-    for q in [1, 6] {
+    for q in [1, 3, 5, 6] {
         differential(&ctx, &query_text(q)?, &rule).await?;
     }
     differential(
