@@ -199,7 +199,7 @@ impl GpuStageRule {
                 Ok(stage) => stage,
                 Err(error) => return declined(error.to_string()),
             };
-            let rows = partition_rows(aggregate, stage.depth());
+            let rows = input_rows(aggregate, &stage);
             let decision = decide(capability, &stage, rows, mode);
             let exec = GpuStageExec::new(
                 Arc::clone(&node),
@@ -219,7 +219,7 @@ impl GpuStageRule {
 fn decide(
     capability: &Capability,
     stage: &AggregateStage,
-    rows: Option<usize>,
+    rows: Option<InputRows>,
     mode: GpuMode,
 ) -> Decision {
     if mode == GpuMode::Force {
@@ -228,7 +228,7 @@ fn decide(
             reason: "flotilla.gpu = force".into(),
         };
     }
-    let Some(rows) = rows else {
+    let Some(InputRows { rows, build_rows }) = rows else {
         return Decision {
             on_gpu: false,
             reason: "no row count to estimate the cost with".into(),
@@ -240,7 +240,13 @@ fn decide(
             reason: format!("{rows} rows per partition, fewer than {ROWS_MIN}"),
         };
     }
-    let estimate = estimate(stage, rows, &capability.calibration, cpu_rows_per_second());
+    let estimate = estimate(
+        stage,
+        rows,
+        build_rows,
+        &capability.calibration,
+        cpu_rows_per_second(),
+    );
     Decision {
         on_gpu: estimate.gpu_seconds < estimate.cpu_seconds,
         reason: format!(
@@ -260,22 +266,30 @@ pub struct Estimate {
     pub cpu_seconds: f64,
 }
 
-/// The cost of `rows` rows of `stage` on a device and on the CPU.
+/// The cost of `rows` rows of `stage` (over a join: probe rows, with
+/// `build_rows` on the build side) on a device and on the CPU.
 pub fn estimate(
     stage: &AggregateStage,
     rows: usize,
+    build_rows: usize,
     calibration: &Calibration,
     cpu_rows_per_second: f64,
 ) -> Estimate {
     let rows = rows as f64;
-    // The calibrations measure about four instructions per row.
-    let work = (stage.instructions() as f64 / 4.0).max(1.0);
-    let copy_seconds = rows * stage.row_bytes() as f64 / calibration.copy_in_bytes_per_second;
+    let build_rows = build_rows as f64;
+    // The calibrations measure about four instructions per row; a join
+    // probes (about one more) and builds (about one per build row).
+    let probe = if stage.is_join() { 1.0 } else { 0.0 };
+    let work = (stage.instructions() as f64 / 4.0).max(1.0) + probe;
     let launches = (rows / CHUNK_ROWS as f64).ceil().max(1.0);
+    // The build side's columns go in again with each chunk.
+    let copy_seconds = (rows * stage.row_bytes() as f64
+        + launches * build_rows * stage.build_row_bytes() as f64)
+        / calibration.copy_in_bytes_per_second;
     let gpu_seconds = copy_seconds
-        + rows * work / calibration.kernel_rows_per_second
-        + launches * calibration.launch.as_secs_f64();
-    let cpu_seconds = rows * work / cpu_rows_per_second;
+        + (rows * work + build_rows) / calibration.kernel_rows_per_second
+        + launches * calibration.launch.as_secs_f64() * (1.0 + probe);
+    let cpu_seconds = (rows * work + build_rows) / cpu_rows_per_second;
     Estimate {
         copy_seconds,
         gpu_seconds,
@@ -283,16 +297,42 @@ pub fn estimate(
     }
 }
 
+/// What a stage reads per partition, by the plan's statistics.
+#[derive(Debug, Clone, Copy)]
+struct InputRows {
+    /// Rows of the input (over a join: of the probe side).
+    rows: usize,
+    /// A join's build rows (all of them, for each partition reads them).
+    build_rows: usize,
+}
+
 /// Rows each partition of the stage's input holds (the plan `depth` levels
-/// under the aggregate), by the plan's statistics.
-fn partition_rows(aggregate: &AggregateExec, depth: usize) -> Option<usize> {
+/// under the aggregate, or that join's probe side).
+fn input_rows(aggregate: &AggregateExec, stage: &AggregateStage) -> Option<InputRows> {
     let mut input = aggregate.input();
-    for _ in 0..depth {
+    for _ in 0..stage.depth() {
         input = input.children().into_iter().next()?;
     }
-    let partitions = input.properties().partitioning.partition_count().max(1);
+    if !stage.is_join() {
+        return Some(InputRows {
+            rows: partition_rows(input)?,
+            build_rows: 0,
+        });
+    }
+    let children = input.children();
+    let (build, probe) = (children.first()?, children.get(1)?);
+    let partitions = build.properties().partitioning.partition_count().max(1);
+    Some(InputRows {
+        rows: partition_rows(probe)?,
+        build_rows: partition_rows(build)? * partitions,
+    })
+}
+
+/// Rows each partition of `plan` holds, by its statistics.
+fn partition_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let partitions = plan.properties().partitioning.partition_count().max(1);
     let statistics = StatisticsContext::default()
-        .compute(input.as_ref(), &StatisticsArgs::new())
+        .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()?;
     statistics
         .num_rows

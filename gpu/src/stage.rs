@@ -462,9 +462,34 @@ impl AggregateStage {
         &self.summary
     }
 
-    /// Bytes that cross to the device per input row.
+    /// Whether the stage reads a join's output.
+    pub fn is_join(&self) -> bool {
+        self.join.is_some()
+    }
+
+    /// Bytes that cross to the device per input row (over a join: per probe
+    /// row, its key included).
     pub fn row_bytes(&self) -> usize {
-        self.read_columns
+        let width = self.join.as_ref().map_or(0, |j| j.build_width);
+        self.column_bytes(|c| c >= width) + if self.is_join() { 8 } else { 0 }
+    }
+
+    /// Bytes of the build side's columns per build row (0 but over a join).
+    pub fn build_row_bytes(&self) -> usize {
+        match &self.join {
+            Some(join) => self.column_bytes(|c| c < join.build_width),
+            None => 0,
+        }
+    }
+
+    fn column_bytes(&self, which: impl Fn(usize) -> bool) -> usize {
+        let columns: Vec<usize> = self
+            .read_columns
+            .iter()
+            .copied()
+            .filter(|&c| which(c))
+            .collect();
+        columns
             .iter()
             .map(|&c| {
                 let data_type = self.input_schema.field(c).data_type();
@@ -476,7 +501,7 @@ impl AggregateStage {
                 }
             })
             .sum::<usize>()
-            + self.read_columns.len().div_ceil(8)
+            + columns.len().div_ceil(8)
     }
 
     /// Row program instructions per row (the work the device does per row).

@@ -693,6 +693,31 @@ async fn the_rule_replaces_what_the_device_supports() -> Result<()> {
         .to_string();
         ensure!(text.contains("GpuStageExec: filter -> "), "{text}");
     }
+    // The aggregates over Q3's and Q5's last joins: the join goes with them
+    // when forced, and stays on the CPU on a slow device.
+    for q in [3, 5] {
+        let sql = query_text(q)?;
+        let forced = stages(&plan_of(&ctx, &sql, Some((&fast, GpuMode::Force))).await?);
+        ensure!(
+            forced
+                .iter()
+                .any(|s| s.1 && s.0.starts_with("inner hash join -> ")),
+            "q{q:02} forced: {forced:?}"
+        );
+        let on_slow = stages(&plan_of(&ctx, &sql, Some((&slow, GpuMode::Auto))).await?);
+        ensure!(
+            on_slow.iter().all(|s| !s.1),
+            "q{q:02} on a slow device: {on_slow:?}"
+        );
+        // Q3's probe side is lineitem, large enough for the fast device;
+        // Q5's (after its other joins) is not.
+        let auto = stages(&plan_of(&ctx, &sql, Some((&fast, GpuMode::Auto))).await?);
+        let joined = |s: &(String, bool, String)| s.0.starts_with("inner hash join -> ");
+        ensure!(
+            auto.iter().any(|s| joined(s) && s.1 == (q == 3)),
+            "q{q:02} on a fast device: {auto:?}"
+        );
+    }
     // What stays on the CPU: aggregates the device does not compute, and
     // small inputs under auto.
     for sql in [
