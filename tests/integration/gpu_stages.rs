@@ -557,39 +557,73 @@ async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
             })
             .collect()
     };
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    ctx.register_table(
-        "b",
-        Arc::new(datafusion::datasource::MemTable::try_new(
-            build_schema,
-            split(&build),
-        )?),
-    )?;
-    ctx.register_table(
-        "p",
-        Arc::new(datafusion::datasource::MemTable::try_new(
-            probe_schema,
-            split(&probe),
-        )?),
-    )?;
+    // Both of DataFusion's join modes: the build side collected once for
+    // all partitions (the small build side's default), and hash-partitioned
+    // on both sides.
+    for partitioned in [false, true] {
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        if partitioned {
+            let optimizer = &mut config.options_mut().optimizer;
+            optimizer.hash_join_single_partition_threshold = 0;
+            optimizer.hash_join_single_partition_threshold_rows = 0;
+        }
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_table(
+            "b",
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                Arc::clone(&build_schema),
+                split(&build),
+            )?),
+        )?;
+        ctx.register_table(
+            "p",
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                Arc::clone(&probe_schema),
+                split(&probe),
+            )?),
+        )?;
+        joins_on_memory_tables(&ctx, joined, partitioned).await?;
+    }
+    Ok(())
+}
+
+/// The join stages' checks over the tables `b` (build) and `p` (probe).
+async fn joins_on_memory_tables(
+    ctx: &SessionContext,
+    joined: impl Fn(&Arc<dyn ExecutionPlan>) -> usize,
+    partitioned: bool,
+) -> Result<()> {
+    let mode = if partitioned {
+        "mode=Partitioned"
+    } else {
+        "mode=CollectLeft"
+    };
     let rule = GpuStageRule::emulated().with_chunk_rows(16_384);
     let queries = [
         "select bs, count(*), count(pv), sum(pv), sum(pd), avg(pd), sum(bv) from b join p on bk = pk group by bs",
-        "select pk, count(*), sum(bv * 2) from p join b on pk = bk where pv > 10 or bv < 50 group by pk",
+        // (Grouped by the join key, a partitioned join's output is already
+        // partitioned by the group: DataFusion aggregates it in one step.)
+        if partitioned {
+            "select bv, count(*), sum(pv), sum(bv * 2) from p join b on pk = bk where pv > 10 or bv < 50 group by bv"
+        } else {
+            "select pk, count(*), sum(bv * 2) from p join b on pk = bk where pv > 10 or bv < 50 group by pk"
+        },
         "select count(*), sum(pd), avg(pv) from b join p on bk = pk where bs is null",
     ];
     for sql in queries {
-        let plan = plan_of(&ctx, sql, Some((&rule, GpuMode::Force))).await?;
+        let plan = plan_of(ctx, sql, Some((&rule, GpuMode::Force))).await?;
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        ensure!(text.contains(mode), "{sql}: not {mode}:\n{text}");
         ensure!(
             joined(&plan) > 0,
             "{sql}: no join stage: {:?}",
             stages(&plan)
         );
-        differential(&ctx, sql, &rule).await?;
+        differential(ctx, sql, &rule).await?;
     }
     // Outer joins stay on the CPU, and say so.
     let plan = plan_of(
-        &ctx,
+        ctx,
         "select bs, count(pv) from b left join p on bk = pk group by bs",
         Some((&rule, GpuMode::Force)),
     )
@@ -613,8 +647,8 @@ async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
             .copied()
             .chain(["select pk, sum(pv), count(*), sum(pd) from p where pk > 100 group by pk"])
         {
-            let (cpu, _) = run(&ctx, sql, None).await?;
-            let (gpu, plan) = run(&ctx, sql, Some((&rule, GpuMode::Force))).await?;
+            let (cpu, _) = run(ctx, sql, None).await?;
+            let (gpu, plan) = run(ctx, sql, Some((&rule, GpuMode::Force))).await?;
             ensure!(
                 stage_metric(&plan, "gpu_fallbacks_to_cpu") > 0,
                 "{sql}: no stage fell back"
