@@ -720,7 +720,7 @@ pub struct GpuStageExec {
     chunk_rows: usize,
     /// A join stage's build side when every partition reads the same one
     /// (CollectLeft): read once, by the first partition to want it.
-    shared_build: Arc<tokio::sync::OnceCell<Arc<Vec<RecordBatch>>>>,
+    shared_build: Arc<tokio::sync::OnceCell<Arc<BuildSide>>>,
     /// Tests: the launch after which the device reports a failure.
     fail_after: Option<usize>,
     metrics: ExecutionPlanMetricsSet,
@@ -923,7 +923,7 @@ struct StageRun {
     partition: usize,
     context: Arc<TaskContext>,
     chunk_rows: usize,
-    shared_build: Arc<tokio::sync::OnceCell<Arc<Vec<RecordBatch>>>>,
+    shared_build: Arc<tokio::sync::OnceCell<Arc<BuildSide>>>,
     fail_after: Option<usize>,
     metrics: StageMetrics,
 }
@@ -937,7 +937,7 @@ impl StageRun {
             None => None,
         };
         if let (Some(count), Some(build)) = (&self.metrics.build_rows, &build) {
-            count.add(build.iter().map(RecordBatch::num_rows).sum());
+            count.add(build.batches.iter().map(RecordBatch::num_rows).sum());
         }
         if permit.is_none() {
             self.metrics.busy.add(1);
@@ -959,7 +959,12 @@ impl StageRun {
         .execute(self.partition, Arc::clone(&self.context))?;
         let mut folder = Folder::new(&self.stage, &self.backend, self.fail_after);
         let outcome = folder
-            .fold_all(rows, build.as_deref(), self.chunk_rows, &self.metrics)
+            .fold_all(
+                rows,
+                build.as_deref().map(|b| &b.batches),
+                self.chunk_rows,
+                &self.metrics,
+            )
             .await;
         folder.report(&self.metrics);
         drop(permit);
@@ -1002,15 +1007,28 @@ impl StageRun {
 
     /// The join's build side: this partition's, or the one all partitions
     /// share.
-    async fn read_build(&self, join: &JoinInput) -> DfResult<Arc<Vec<RecordBatch>>> {
+    async fn read_build(&self, join: &JoinInput) -> DfResult<Arc<BuildSide>> {
+        use datafusion::execution::memory_pool::MemoryConsumer;
         let plan = Arc::clone(self.input.children()[0]);
         let read = |partition: usize| {
             let context = Arc::clone(&self.context);
             let plan = Arc::clone(&plan);
             async move {
-                let batches: Vec<RecordBatch> =
-                    plan.execute(partition, context)?.try_collect().await?;
-                DfResult::Ok(Arc::new(batches))
+                // Counted in the memory pool as it arrives, as DataFusion's
+                // join counts its build side.
+                let reservation =
+                    MemoryConsumer::new(format!("GpuStageExec[{partition}] build side"))
+                        .register(context.memory_pool());
+                let mut stream = plan.execute(partition, context)?;
+                let mut batches = Vec::new();
+                while let Some(batch) = stream.next().await.transpose()? {
+                    reservation.try_grow(batch.get_array_memory_size())?;
+                    batches.push(batch);
+                }
+                DfResult::Ok(Arc::new(BuildSide {
+                    batches,
+                    _reservation: reservation,
+                }))
             }
         };
         if join.collect_left {
@@ -1024,19 +1042,25 @@ impl StageRun {
     }
 
     /// The build side read, as a plan for the CPU join.
-    fn replay_build(&self, build: &Arc<Vec<RecordBatch>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn replay_build(&self, build: &Arc<BuildSide>) -> DfResult<Arc<dyn ExecutionPlan>> {
         let plan = self.input.children()[0];
         let (partition, partitions) = match self.stage.join.as_ref().map(|j| j.collect_left) {
             Some(true) => (0, 1),
             _ => (self.partition, plan.output_partitioning().partition_count()),
         };
-        let stream = MemoryStream::try_new(build.as_ref().clone(), plan.schema(), None)?;
+        let stream = MemoryStream::try_new(build.batches.clone(), plan.schema(), None)?;
         Ok(Arc::new(ReplayExec::new(
             Box::pin(stream),
             partition,
             partitions,
         )))
     }
+}
+
+/// A join stage's build side, read whole, and its share of the memory pool.
+struct BuildSide {
+    batches: Vec<RecordBatch>,
+    _reservation: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 /// The CPU plan of a stage (`cpu`, the `AggregateExec`) over `leaves` in the

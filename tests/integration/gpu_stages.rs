@@ -584,6 +584,38 @@ async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
         )?;
         joins_on_memory_tables(&ctx, joined, partitioned).await?;
     }
+    // The build side counts in the memory pool, as DataFusion's own join's
+    // does: a pool too small for it fails the query the same way.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(32 * 1024, 1.0)
+        .build_arc()?;
+    let ctx =
+        SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
+    for (name, schema, batch) in [("b", &build_schema, &build), ("p", &probe_schema, &probe)] {
+        ctx.register_table(
+            name,
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                Arc::clone(schema),
+                split(batch),
+            )?),
+        )?;
+    }
+    let sql = "select bs, count(*), sum(pv) from b join p on bk = pk group by bs";
+    let rule = GpuStageRule::emulated();
+    let plan = plan_of(&ctx, sql, Some((&rule, GpuMode::Force))).await?;
+    ensure!(joined(&plan) > 0, "no join stage: {:?}", stages(&plan));
+    for (path, result) in [
+        ("CPU", run(&ctx, sql, None).await),
+        ("GPU", run(&ctx, sql, Some((&rule, GpuMode::Force))).await),
+    ] {
+        let error = result
+            .err()
+            .with_context(|| format!("{path}: ran in a 32 KiB pool"))?;
+        ensure!(
+            error.to_string().contains("Resources exhausted"),
+            "{path}: {error}"
+        );
+    }
     Ok(())
 }
 
