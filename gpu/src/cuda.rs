@@ -181,26 +181,65 @@ pub(crate) struct CudaTable {
     code: CudaSlice<i32>,
     int_consts: CudaSlice<i64>,
     float_consts: CudaSlice<f64>,
-    state: CudaSlice<u32>,
-    keys: CudaSlice<i64>,
-    key_valid: CudaSlice<u32>,
-    acc: CudaSlice<u64>,
-    groups: CudaSlice<u32>,
+    table: Slots,
     overflow_count: CudaSlice<u32>,
     error: CudaSlice<u32>,
-    /// The last checkpoint's copy of the table (state, keys, key validity,
-    /// accumulators, group count), allocated at the first.
-    saved: Option<Saved>,
+    /// The last checkpoint's copy of the table, allocated at the first.
+    saved: Option<Slots>,
     staging: Staging,
     figures: Figures,
 }
 
-struct Saved {
+/// A hash table's buffers on the device (see kernels/aggregate.cu): slot
+/// states, keys, key validity masks, accumulators, and the group count.
+struct Slots {
     state: CudaSlice<u32>,
     keys: CudaSlice<i64>,
     key_valid: CudaSlice<u32>,
     acc: CudaSlice<u64>,
     groups: CudaSlice<u32>,
+}
+
+impl Slots {
+    fn zeroed(device: &Device, shape: TableShape) -> Result<Self> {
+        Ok(Self {
+            state: zeros(device, shape.capacity)?,
+            keys: zeros(device, shape.capacity * shape.keys)?,
+            key_valid: zeros(device, shape.capacity)?,
+            acc: zeros(device, shape.capacity * shape.acc_width)?,
+            groups: zeros(device, 1)?,
+        })
+    }
+
+    /// Zeroes every buffer, on the device.
+    fn clear(&mut self, device: &Device) -> Result<()> {
+        let zero = |e| GpuError::driver("cuMemsetD8", e);
+        let stream = &device.stream;
+        stream.memset_zeros(&mut self.state).map_err(zero)?;
+        stream.memset_zeros(&mut self.keys).map_err(zero)?;
+        stream.memset_zeros(&mut self.key_valid).map_err(zero)?;
+        stream.memset_zeros(&mut self.acc).map_err(zero)?;
+        stream.memset_zeros(&mut self.groups).map_err(zero)?;
+        Ok(())
+    }
+
+    /// Copies every buffer into `to`'s, on the device.
+    fn copy_to(&self, to: &mut Slots, device: &Device) -> Result<()> {
+        let copy = |e| GpuError::driver("cuMemcpyDtoD", e);
+        let stream = &device.stream;
+        stream
+            .memcpy_dtod(&self.state, &mut to.state)
+            .map_err(copy)?;
+        stream.memcpy_dtod(&self.keys, &mut to.keys).map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.key_valid, &mut to.key_valid)
+            .map_err(copy)?;
+        stream.memcpy_dtod(&self.acc, &mut to.acc).map_err(copy)?;
+        stream
+            .memcpy_dtod(&self.groups, &mut to.groups)
+            .map_err(copy)?;
+        Ok(())
+    }
 }
 
 impl CudaTable {
@@ -225,11 +264,7 @@ impl CudaTable {
             code: copy_in(d, &programs.code, "cuMemcpyHtoD")?,
             int_consts: copy_in(d, &programs.int_consts, "cuMemcpyHtoD")?,
             float_consts: copy_in(d, &programs.float_consts, "cuMemcpyHtoD")?,
-            state: zeros(d, shape.capacity)?,
-            keys: zeros(d, shape.capacity * shape.keys)?,
-            key_valid: zeros(d, shape.capacity)?,
-            acc: zeros(d, shape.capacity * shape.acc_width)?,
-            groups: zeros(d, 1)?,
+            table: Slots::zeroed(d, shape)?,
             overflow_count: zeros(d, 1)?,
             error: zeros(d, 1)?,
             saved: None,
@@ -299,12 +334,12 @@ impl CudaTable {
             .arg(&self.int_consts)
             .arg(&self.float_consts)
             .arg(&capacity)
-            .arg(&mut self.state)
-            .arg(&mut self.keys)
-            .arg(&mut self.key_valid)
-            .arg(&mut self.acc)
+            .arg(&mut self.table.state)
+            .arg(&mut self.table.keys)
+            .arg(&mut self.table.key_valid)
+            .arg(&mut self.table.acc)
             .arg(&acc_width)
-            .arg(&mut self.groups)
+            .arg(&mut self.table.groups)
             .arg(&mut overflow)
             .arg(&mut self.overflow_count)
             .arg(&mut self.error);
@@ -314,7 +349,7 @@ impl CudaTable {
         // overflow list has a slot per row of the launch.
         unsafe { launch.launch(config_for(launch_rows)) }
             .map_err(|e| GpuError::driver("cuLaunchKernel", e))?;
-        let groups = copy_out(&device, &self.groups)?[0] as usize;
+        let groups = copy_out(&device, &self.table.groups)?[0] as usize;
         let error = copy_out(&device, &self.error)?[0];
         let overflowed = copy_out(&device, &self.overflow_count)?[0] as usize;
         let mut overflow_rows = if overflowed > 0 {
@@ -335,36 +370,12 @@ impl CudaTable {
     pub fn checkpoint(&mut self) -> Result<()> {
         let device = Arc::clone(&self.device);
         if self.saved.is_none() {
-            let s = self.shape;
-            self.saved = Some(Saved {
-                state: zeros(&device, s.capacity)?,
-                keys: zeros(&device, s.capacity * s.keys)?,
-                key_valid: zeros(&device, s.capacity)?,
-                acc: zeros(&device, s.capacity * s.acc_width)?,
-                groups: zeros(&device, 1)?,
-            });
+            self.saved = Some(Slots::zeroed(&device, self.shape)?);
         }
-        let Some(saved) = self.saved.as_mut() else {
-            return Ok(());
-        };
-        let copy = |e| GpuError::driver("cuMemcpyDtoD", e);
-        let stream = &device.stream;
-        stream
-            .memcpy_dtod(&self.state, &mut saved.state)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&self.keys, &mut saved.keys)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&self.key_valid, &mut saved.key_valid)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&self.acc, &mut saved.acc)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&self.groups, &mut saved.groups)
-            .map_err(copy)?;
-        Ok(())
+        match &mut self.saved {
+            Some(saved) => self.table.copy_to(saved, &device),
+            None => Ok(()),
+        }
     }
 
     /// The table as the last checkpoint copied it.
@@ -375,25 +386,10 @@ impl CudaTable {
                 what: "a restore without a checkpoint".into(),
             });
         };
-        let copy = |e| GpuError::driver("cuMemcpyDtoD", e);
-        let stream = &device.stream;
-        stream
-            .memcpy_dtod(&saved.state, &mut self.state)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&saved.keys, &mut self.keys)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&saved.key_valid, &mut self.key_valid)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&saved.acc, &mut self.acc)
-            .map_err(copy)?;
-        stream
-            .memcpy_dtod(&saved.groups, &mut self.groups)
-            .map_err(copy)?;
+        saved.copy_to(&mut self.table, &device)?;
         // The error flags belong to the fold that failed.
-        stream
+        device
+            .stream
             .memset_zeros(&mut self.error)
             .map_err(|e| GpuError::driver("cuMemsetD8", e))?;
         sync(&device)
@@ -404,20 +400,12 @@ impl CudaTable {
         let device = Arc::clone(&self.device);
         let started = Instant::now();
         let read = Readback {
-            state: copy_out(&device, &self.state)?,
-            keys: copy_out(&device, &self.keys)?,
-            key_valid: copy_out(&device, &self.key_valid)?,
-            acc: copy_out(&device, &self.acc)?,
+            state: copy_out(&device, &self.table.state)?,
+            keys: copy_out(&device, &self.table.keys)?,
+            key_valid: copy_out(&device, &self.table.key_valid)?,
+            acc: copy_out(&device, &self.table.acc)?,
         };
-        let zero = |e| GpuError::driver("cuMemsetD8", e);
-        device.stream.memset_zeros(&mut self.state).map_err(zero)?;
-        device.stream.memset_zeros(&mut self.keys).map_err(zero)?;
-        device
-            .stream
-            .memset_zeros(&mut self.key_valid)
-            .map_err(zero)?;
-        device.stream.memset_zeros(&mut self.acc).map_err(zero)?;
-        device.stream.memset_zeros(&mut self.groups).map_err(zero)?;
+        self.table.clear(&device)?;
         sync(&device)?;
         self.figures.bytes_out += self.shape.bytes();
         self.figures.copy_out += started.elapsed();

@@ -124,6 +124,16 @@ async fn differential(ctx: &SessionContext, sql: &str, rule: &GpuStageRule) -> R
     Ok(cpu)
 }
 
+/// `rows` are TPC-H query `q`'s reference answer at SF0.1.
+fn matches_reference(q: usize, rows: &Rows) -> Result<()> {
+    let (_, expected) = read_answer(
+        &tests::shared_dir()
+            .join("tpch/answers/sf0.1")
+            .join(format!("q{q:02}.csv")),
+    )?;
+    compare(&expected, rows).with_context(|| format!("q{q:02} against the reference"))
+}
+
 fn sorted(mut rows: Rows) -> Rows {
     rows.sort();
     rows
@@ -279,12 +289,7 @@ async fn emulated_kernels_give_datafusions_tpch_answers() -> Result<()> {
     for q in [1, 6] {
         let sql = query_text(q)?;
         let rows = differential(&ctx, &sql, &rule).await?;
-        let (_, expected) = read_answer(
-            &tests::shared_dir()
-                .join("tpch/answers/sf0.1")
-                .join(format!("q{q:02}.csv")),
-        )?;
-        compare(&expected, &rows).with_context(|| format!("q{q:02} against the reference"))?;
+        matches_reference(q, &rows)?;
     }
     // Many groups and small chunks: tables fill, overflow, grow and are read
     // out many times over.
@@ -478,12 +483,7 @@ async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
             stages(&plan)
         );
         let rows = differential(&ctx, &sql, &rule).await?;
-        let (_, expected) = read_answer(
-            &tests::shared_dir()
-                .join("tpch/answers/sf0.1")
-                .join(format!("q{q:02}.csv")),
-        )?;
-        compare(&expected, &rows).with_context(|| format!("q{q:02} against the reference"))?;
+        matches_reference(q, &rows)?;
     }
     let small_chunks = GpuStageRule::emulated().with_chunk_rows(20_000);
     for sql in [
