@@ -11,7 +11,7 @@
 //! once with [`QueryError::NoExecutors`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,6 +204,8 @@ impl Engine {
             ctx,
             settings: Mutex::new(Settings::default()),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
+            planning: Mutex::new(None),
+            state_version: AtomicU64::new(0),
         })
     }
 }
@@ -457,6 +459,28 @@ pub struct Session {
     ctx: SessionContext,
     settings: Mutex<Settings>,
     cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
+    /// The session's state as statements that stay on the coordinator plan in
+    /// it, kept between statements (see [`Planning`]).
+    planning: Mutex<Option<Planning>>,
+    /// Bumped whenever a statement may have changed the session's state: a
+    /// [`Planning`] taken before is then dropped, never put back.
+    state_version: AtomicU64,
+}
+
+/// What planning a statement on the coordinator needs, built once and reused
+/// until a statement changes the session's state (`SET`, DDL, ...). A copy of
+/// the state clones every function registry, and so does a task context: with
+/// the physical optimizer, that was most of a `SELECT 1`'s time.
+struct Planning {
+    /// Built at this [`Session::state_version`].
+    version: u64,
+    /// A copy of the session's state.
+    state: datafusion::execution::SessionState,
+    /// The same without physical optimizer rules, for a `SELECT` without
+    /// `FROM` (see [`is_constant_select`]), whose initial plan is final.
+    bare: datafusion::execution::SessionState,
+    /// The task context local plans run in.
+    task: Arc<TaskContext>,
 }
 
 /// A broadcast join's build side may take at most this part of the smallest
@@ -654,14 +678,23 @@ impl Session {
         &self,
         statement: &DFStatement,
     ) -> Result<(Option<SchemaRef>, Vec<Option<DataType>>)> {
-        let state = self.ctx.state();
-        let plan = state.statement_to_plan(statement.clone()).await?;
+        let planning = self.take_planning()?;
+        let state = &planning.state;
+        let plan = state.statement_to_plan(statement.clone()).await;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.give_back_planning(planning);
+                return Err(e.into());
+            }
+        };
         // The analyzer's rules (type coercion, the widened decimal avg) decide
         // the column types rows will have; describe those, not the raw plan's.
         let analyzed =
             state
                 .analyzer()
                 .execute_and_check(plan.clone(), state.config_options(), |_, _| {});
+        self.give_back_planning(planning);
         let schema = match &analyzed {
             Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
             Err(_) => Arc::new(plan.schema().as_arrow().clone()),
@@ -697,7 +730,17 @@ impl Session {
         statement: DFStatement,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
-        match statement {
+        // Anything but a query may change the session's state (settings, the
+        // catalog, registered functions): the kept planning state goes with it.
+        let reads_only = match &statement {
+            DFStatement::Statement(inner) => matches!(**inner, SqlStatement::Query(_)),
+            DFStatement::Explain(_) => true,
+            _ => false,
+        };
+        if !reads_only {
+            self.state_changed();
+        }
+        let output = match statement {
             DFStatement::Statement(inner) => self.execute_sql_statement(*inner, params).await,
             DFStatement::CreateExternalTable(create) => self.create_external_table(create).await,
             DFStatement::Explain(explain) if !explain.options.analyze => {
@@ -705,6 +748,52 @@ impl Session {
                     .await
             }
             other => self.run_plan(other, params).await,
+        };
+        if !reads_only {
+            self.state_changed();
+        }
+        output
+    }
+
+    /// Drops the kept planning state: the session's state may have changed.
+    fn state_changed(&self) {
+        self.state_version.fetch_add(1, Ordering::SeqCst);
+        *lock_planning(&self.planning) = None;
+    }
+
+    /// The kept planning state, or a new one; give it back with
+    /// [`Session::give_back_planning`].
+    fn take_planning(&self) -> Result<Planning> {
+        let kept = lock_planning(&self.planning).take();
+        let mut planning = match kept {
+            Some(planning) => planning,
+            None => {
+                let version = self.state_version.load(Ordering::SeqCst);
+                let state = self.ctx.state();
+                let bare = SessionStateBuilder::new_from_existing(state.clone())
+                    .with_physical_optimizer_rules(Vec::new())
+                    .build();
+                let task = Arc::new(TaskContext::from(&state));
+                Planning {
+                    version,
+                    state,
+                    bare,
+                    task,
+                }
+            }
+        };
+        // `now()` and friends read the statement's start.
+        planning.state.mark_start_execution();
+        planning.bare.mark_start_execution();
+        Ok(planning)
+    }
+
+    /// Keeps `planning` for the next statement, unless the session's state
+    /// changed since it was built.
+    fn give_back_planning(&self, planning: Planning) {
+        let mut kept = lock_planning(&self.planning);
+        if planning.version == self.state_version.load(Ordering::SeqCst) {
+            *kept = Some(planning);
         }
     }
 
@@ -1298,17 +1387,22 @@ impl Session {
 
     /// Plans and runs a statement DataFusion understands.
     async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
+        let mut planning = self.take_planning()?;
+        let output = self.run_plan_in(&mut planning, statement, params).await;
+        self.give_back_planning(planning);
+        output
+    }
+
+    async fn run_plan_in(
+        &self,
+        planning: &mut Planning,
+        statement: DFStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
         let started = tokio::time::Instant::now();
-        let (mut state, footprint) = self.statement_state()?;
-        // Executors send their operators' metrics back only for EXPLAIN
-        // ANALYZE, which shows them: every other query goes without the cost.
-        if matches!(&statement, DFStatement::Explain(explain) if explain.options.analyze) {
-            state
-                .config_mut()
-                .options_mut()
-                .set("distributed.collect_metrics", "true")?;
-        }
-        let mut plan = state.statement_to_plan(statement).await?;
+        let analyze =
+            matches!(&statement, DFStatement::Explain(explain) if explain.options.analyze);
+        let mut plan = planning.state.statement_to_plan(statement).await?;
         if !params.is_empty() {
             plan = plan.with_param_values(params)?;
         }
@@ -1334,32 +1428,53 @@ impl Session {
             self.ctx.execute_logical_plan(plan).await?;
             return Ok(command(tag));
         }
-        let optimized = state.optimize(&plan)?;
+        let optimized = planning.state.optimize(&plan)?;
         let timeout = self.statement_timeout().map(|d| (started + d, d));
         // Only queries that read tables run on executors: they take the
         // session's execution options along, are admitted, and run again if
-        // the cluster fails them.
-        let on_executors = scans_files(&optimized);
-        let attempt = uuid::Uuid::new_v4().to_string();
-        if on_executors {
-            flight::exchange::send_execution_options(state.config_mut(), &attempt)?;
-        }
-        let start = async {
-            let permit = match on_executors {
-                true => Some(self.engine.admission.admit(&self.user).await?),
-                false => None,
+        // the cluster fails them. The rest run here, in the kept state.
+        if !scans_files(&optimized) {
+            let start = async {
+                let state = match is_constant_select(&optimized) {
+                    true => &planning.bare,
+                    false => &planning.state,
+                };
+                let physical = self.physical_plan(state, &optimized).await?;
+                Ok::<_, QueryError>(execute_stream(physical, Arc::clone(&planning.task))?)
             };
+            let stream = match timeout {
+                Some((at, timeout)) => tokio::time::timeout_at(at, start)
+                    .await
+                    .map_err(|_| QueryError::StatementTimeout { timeout })??,
+                None => start.await?,
+            };
+            let run = QueryRun::new(stream, None, timeout, None);
+            return Ok(Output::Rows(with_display_names(run.into_stream())));
+        }
+        let (mut state, footprint) = self.statement_state()?;
+        // Executors send their operators' metrics back only for EXPLAIN
+        // ANALYZE, which shows them: every other query goes without the cost.
+        if analyze {
+            state
+                .config_mut()
+                .options_mut()
+                .set("distributed.collect_metrics", "true")?;
+        }
+        let attempt = uuid::Uuid::new_v4().to_string();
+        flight::exchange::send_execution_options(state.config_mut(), &attempt)?;
+        let start = async {
+            let permit = self.engine.admission.admit(&self.user).await?;
             let physical = self.physical_plan(&state, &optimized).await?;
             let stream = execute_stream(physical, Arc::new(TaskContext::from(&state)))?;
-            Ok::<_, QueryError>((stream, permit, on_executors))
+            Ok::<_, QueryError>((stream, permit))
         };
-        let (stream, permit, on_executors) = match timeout {
+        let (stream, permit) = match timeout {
             Some((at, timeout)) => tokio::time::timeout_at(at, start)
                 .await
                 .map_err(|_| QueryError::StatementTimeout { timeout })??,
             None => start.await?,
         };
-        let replan = on_executors.then(|| Replan {
+        let replan = Replan {
             attempt,
             logical: optimized,
             footprint,
@@ -1368,9 +1483,40 @@ impl Session {
             retried: Arc::clone(&self.engine.retries),
             stall_timeout: self.engine.config.query.stall_timeout,
             state,
-        });
-        let run = QueryRun::new(stream, replan, timeout, permit);
+        };
+        let run = QueryRun::new(stream, Some(replan), timeout, Some(permit));
         Ok(Output::Rows(with_display_names(run.into_stream())))
+    }
+}
+
+fn lock_planning(
+    planning: &Mutex<Option<Planning>>,
+) -> std::sync::MutexGuard<'_, Option<Planning>> {
+    planning.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `plan` is a `SELECT` without `FROM`: projections over one empty
+/// relation, with no subquery. DataFusion's initial physical plan of it (a
+/// projection over a placeholder row) already meets every requirement, so it
+/// is planned without the physical optimizer's rules.
+fn is_constant_select(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            !projection.expr.iter().any(|e| {
+                e.exists(|e| {
+                    Ok(matches!(
+                        e,
+                        LogicalExpr::ScalarSubquery(_)
+                            | LogicalExpr::Exists(_)
+                            | LogicalExpr::InSubquery(_)
+                            | LogicalExpr::OuterReferenceColumn(..)
+                    ))
+                })
+                .unwrap_or(true)
+            }) && is_constant_select(&projection.input)
+        }
+        LogicalPlan::EmptyRelation(_) => true,
+        _ => false,
     }
 }
 

@@ -91,6 +91,48 @@ async fn startup_transactions_and_multi_statement_queries() -> Result<()> {
     Ok(())
 }
 
+/// The coordinator plans statements in a state it keeps from one query to the
+/// next (`coordinator::engine::Planning`); each statement still reads its own
+/// start time, and a setting changed between two queries reaches the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_statement_plans_at_its_own_time() -> Result<()> {
+    let cluster = Cluster::standalone(ClusterOptions::minimal())?;
+    let client = cluster.client().await?;
+    let first: NaiveDateTime = client
+        .query_one("select now()::timestamp", &[])
+        .await?
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second: NaiveDateTime = client
+        .query_one("select now()::timestamp", &[])
+        .await?
+        .get(0);
+    assert!(
+        second >= first + chrono::Duration::milliseconds(20),
+        "now() stood still: {first} then {second}"
+    );
+    let extra = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+    };
+    let before = extra(
+        client
+            .simple_query("select current_setting('extra_float_digits')")
+            .await?,
+    );
+    client.batch_execute("set extra_float_digits = 2").await?;
+    let after = extra(
+        client
+            .simple_query("select current_setting('extra_float_digits')")
+            .await?,
+    );
+    assert_ne!(before.as_deref(), Some("2"));
+    assert_eq!(after.as_deref(), Some("2"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_results_and_typed_parameters() -> Result<()> {
     let cluster = Cluster::standalone(ClusterOptions::minimal())?;
