@@ -678,27 +678,27 @@ impl Session {
         &self,
         statement: &DFStatement,
     ) -> Result<(Option<SchemaRef>, Vec<Option<DataType>>)> {
-        let planning = self.take_planning()?;
+        let planning = self.take_planning();
         let state = &planning.state;
         let plan = state.statement_to_plan(statement.clone()).await;
-        let plan = match plan {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.give_back_planning(planning);
-                return Err(e.into());
-            }
-        };
         // The analyzer's rules (type coercion, the widened decimal avg) decide
         // the column types rows will have; describe those, not the raw plan's.
-        let analyzed =
+        let analyzed = plan.as_ref().ok().and_then(|plan| {
             state
                 .analyzer()
-                .execute_and_check(plan.clone(), state.config_options(), |_, _| {});
+                .execute_and_check(plan.clone(), state.config_options(), |_, _| {})
+                .ok()
+        });
         self.give_back_planning(planning);
-        let schema = match &analyzed {
-            Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
-            Err(_) => Arc::new(plan.schema().as_arrow().clone()),
-        };
+        let plan = plan?;
+        let schema = Arc::new(
+            analyzed
+                .as_ref()
+                .unwrap_or(&plan)
+                .schema()
+                .as_arrow()
+                .clone(),
+        );
         let schema = sql::names::display_schema(&schema).unwrap_or(schema);
         let mut types = plan.get_parameter_types()?;
         for (id, cast_type) in placeholder_cast_types(&plan)? {
@@ -763,7 +763,7 @@ impl Session {
 
     /// The kept planning state, or a new one; give it back with
     /// [`Session::give_back_planning`].
-    fn take_planning(&self) -> Result<Planning> {
+    fn take_planning(&self) -> Planning {
         let kept = lock_planning(&self.planning).take();
         let mut planning = match kept {
             Some(planning) => planning,
@@ -785,7 +785,7 @@ impl Session {
         // `now()` and friends read the statement's start.
         planning.state.mark_start_execution();
         planning.bare.mark_start_execution();
-        Ok(planning)
+        planning
     }
 
     /// Keeps `planning` for the next statement, unless the session's state
@@ -1387,7 +1387,7 @@ impl Session {
 
     /// Plans and runs a statement DataFusion understands.
     async fn run_plan(&self, statement: DFStatement, params: Vec<ScalarValue>) -> Result<Output> {
-        let mut planning = self.take_planning()?;
+        let mut planning = self.take_planning();
         let output = self.run_plan_in(&mut planning, statement, params).await;
         self.give_back_planning(planning);
         output
@@ -1442,12 +1442,7 @@ impl Session {
                 let physical = self.physical_plan(state, &optimized).await?;
                 Ok::<_, QueryError>(execute_stream(physical, Arc::clone(&planning.task))?)
             };
-            let stream = match timeout {
-                Some((at, timeout)) => tokio::time::timeout_at(at, start)
-                    .await
-                    .map_err(|_| QueryError::StatementTimeout { timeout })??,
-                None => start.await?,
-            };
+            let stream = within(timeout, start).await?;
             let run = QueryRun::new(stream, None, timeout, None);
             return Ok(Output::Rows(with_display_names(run.into_stream())));
         }
@@ -1468,12 +1463,7 @@ impl Session {
             let stream = execute_stream(physical, Arc::new(TaskContext::from(&state)))?;
             Ok::<_, QueryError>((stream, permit))
         };
-        let (stream, permit) = match timeout {
-            Some((at, timeout)) => tokio::time::timeout_at(at, start)
-                .await
-                .map_err(|_| QueryError::StatementTimeout { timeout })??,
-            None => start.await?,
-        };
+        let (stream, permit) = within(timeout, start).await?;
         let replan = Replan {
             attempt,
             logical: optimized,
@@ -1486,6 +1476,20 @@ impl Session {
         };
         let run = QueryRun::new(stream, Some(replan), timeout, Some(permit));
         Ok(Output::Rows(with_display_names(run.into_stream())))
+    }
+}
+
+/// Runs `start` (planning a statement and starting it), failing it with
+/// `statement_timeout` at the deadline, if there is one.
+async fn within<T>(
+    timeout: Option<(tokio::time::Instant, Duration)>,
+    start: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match timeout {
+        Some((at, timeout)) => tokio::time::timeout_at(at, start)
+            .await
+            .map_err(|_| QueryError::StatementTimeout { timeout })?,
+        None => start.await,
     }
 }
 

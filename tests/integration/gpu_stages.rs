@@ -568,20 +568,10 @@ async fn emulated_join_stages_give_datafusions_answers() -> Result<()> {
             optimizer.hash_join_single_partition_threshold_rows = 0;
         }
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_table(
-            "b",
-            Arc::new(datafusion::datasource::MemTable::try_new(
-                Arc::clone(&build_schema),
-                split(&build),
-            )?),
-        )?;
-        ctx.register_table(
-            "p",
-            Arc::new(datafusion::datasource::MemTable::try_new(
-                Arc::clone(&probe_schema),
-                split(&probe),
-            )?),
-        )?;
+        for (name, schema, rows) in [("b", &build_schema, &build), ("p", &probe_schema, &probe)] {
+            let table = datafusion::datasource::MemTable::try_new(Arc::clone(schema), split(rows))?;
+            ctx.register_table(name, Arc::new(table))?;
+        }
         joins_on_memory_tables(&ctx, joined, partitioned).await?;
     }
     // The build side counts in the memory pool, as DataFusion's own join's
